@@ -1,0 +1,3 @@
+from qsink.cli import main
+
+main()

@@ -1,0 +1,211 @@
+"""The ``qsink`` command line.
+
+Every command turns a :class:`~qsink.errors.QsinkError` into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from qsink.errors import QsinkError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="qsink: how much does low-bit quantization hurt a language model, and why.")
+data_app = typer.Typer(no_args_is_help=True, help="Corpora: fetch and list the built-in texts.")
+app.add_typer(data_app, name="data")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _log(msg: str) -> None:
+    err.print(msg, highlight=False, markup=False)
+
+
+def _split_names(values: list[str]) -> list[str]:
+    return [n.strip() for v in values for n in v.split(",") if n.strip()]
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("windows"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
+
+
+@app.command()
+def evaluate(
+    models: List[str] = typer.Argument(..., help="Built-in names, .gguf files or Hugging Face checkpoint directories."),
+    scheme: List[str] = typer.Option(["fp"], "--scheme", "-s", help="Scheme name(s), comma-separated or repeated; 'qsink schemes' lists them."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Corpus NAME[:SPLIT] (default austen:test) or hf:NAME[:CONFIG]."),
+    text: Optional[Path] = typer.Option(None, "--text", help="Evaluate on this UTF-8 text file instead of a corpus."),
+    ctx: int = typer.Option(512, "--ctx", help="Tokens per window."),
+    max_tokens: int = typer.Option(12288, "--max-tokens", help="Text tokens to use (0 = the whole text)."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Windows per forward pass."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    seed: int = typer.Option(0, "--seed"),
+    out_dir: Path = typer.Option(Path("runs"), "--out", help="Directory for the JSON records."),
+    force: bool = typer.Option(False, "--force", help="Recompute cells whose record already exists."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow custom model code from a checkpoint directory."),
+) -> None:
+    """Perplexity (and bits per byte) of each model under each scheme; one JSON record per cell."""
+    from qsink.data import resolve_data
+    from qsink.evaluate import EvalSettings, run_cells
+    from qsink.quant import get_scheme
+    from qsink.results import RecordStore
+
+    schemes = _split_names(scheme)
+    for name in schemes:
+        get_scheme(name)  # unknown names fail before anything is read
+    if batch_size < 1:
+        raise QsinkError("--batch-size must be at least 1")
+    settings = EvalSettings(ctx=ctx, max_tokens=max_tokens or None, batch_size=batch_size, dtype=dtype, device=device,
+                            seed=seed, trust_remote_code=trust_remote_code, force=force)
+    store = RecordStore(out_dir)
+    store.ensure_writable()
+    corpus = resolve_data(data, str(text) if text else None, log=_log)
+    with _progress() as progress:
+        def factory(desc: str, total: int):
+            task = progress.add_task(desc, total=total)
+            return lambda n: progress.advance(task, n)
+
+        outcomes = run_cells(models, schemes, corpus, settings, store, log=_log, progress_factory=factory)
+    table = Table(title=f"perplexity on {corpus.name} (ctx {ctx})")
+    for col in ("model", "scheme", "status", "ppl", "bits/byte", "scored tokens", "tokens/s", "record"):
+        table.add_column(col, justify="right" if col in ("ppl", "bits/byte", "scored tokens", "tokens/s") else "left")
+    for o in outcomes:
+        m, t = o.record["metrics"], o.record["timing"]
+        status = o.record["status"] + (" (cached)" if o.skipped else "")
+        table.add_row(o.model, o.scheme, status, f"{m['ppl']:.3f}" if "ppl" in m else "-", f"{m['bpb']:.4f}" if "bpb" in m else "-",
+                      f"{m.get('n_scored', 0):,}", f"{t.get('tokens_per_s', 0):.0f}", str(o.path))
+        if o.record["status"] != "ok":
+            _log(f"{o.model} [{o.scheme}] failed: {o.record['error']}")
+    out.print(table)
+
+
+@app.command("leaderboard")
+def leaderboard_cmd(
+    results: Path = typer.Option(Path("runs"), "--results", help="Directory of JSON records."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="Write the full leaderboard here."),
+    sort: str = typer.Option("ppl", "--sort", help="Column to sort by."),
+) -> None:
+    """A table with one row per record (all columns derived from the records); optionally a CSV."""
+    from qsink.results import RecordStore, leaderboard
+
+    df = leaderboard(RecordStore(results).load_all(), sort=sort)
+    if df.empty:
+        raise QsinkError(f"no records in {results}; run 'qsink evaluate' first")
+    if sort not in df.columns:
+        raise QsinkError(f"no column {sort!r} to sort by; try ppl, bpb, model or scheme")
+    if csv:
+        csv.parent.mkdir(parents=True, exist_ok=True)
+        tmp = csv.with_name(f".{csv.name}.tmp")
+        df.to_csv(tmp, index=False)
+        os.replace(tmp, csv)
+    table = Table(title=f"leaderboard ({len(df)} records in {results})")
+    shown = ["model", "scheme", "data", "ctx", "status", "ppl", "bpb", "tokens_per_s"]
+    for col in shown:
+        table.add_column(col)
+    for _, row in df.iterrows():
+        table.add_row(*[f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in shown])
+    out.print(table)
+    if csv:
+        out.print(f"wrote {csv} ({len(df)} rows, {len(df.columns)} columns)")
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List the built-in models, where they resolve on disk, and their size."""
+    from qsink.models import BUILTINS
+
+    table = Table(title="built-in models")
+    for col in ("name", "description", "location", "size"):
+        table.add_column(col)
+    for name, b in BUILTINS.items():
+        path = b.locate()
+        where = str(path) if path else f"not installed: {b.install}"
+        size = f"{path.stat().st_size / 2**20:.1f} MiB" if path else "-"
+        table.add_row(name, b.description, where, size)
+    out.print(table)
+    for name, b in BUILTINS.items():
+        if b.note:
+            out.print(f"[bold]{name}[/bold]: {b.note}")
+    out.print("Any Hugging Face checkpoint directory (safetensors) or .gguf file works too.")
+
+
+@app.command("schemes")
+def schemes_cmd() -> None:
+    """List the quantization schemes."""
+    from qsink.quant import SCHEMES
+
+    table = Table(title="schemes")
+    table.add_column("name")
+    table.add_column("description")
+    for name, s in SCHEMES.items():
+        table.add_row(name, s.description)
+    out.print(table)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    names: Optional[List[str]] = typer.Argument(None, help="Corpora to fetch (default: all)."),
+    force: bool = typer.Option(False, "--force", help="Download and extract again."),
+) -> None:
+    """Download the Debian packages and extract the corpora into the cache (sha256-verified)."""
+    from qsink.data import CORPORA, fetch
+
+    for name in names or CORPORA.names():
+        CORPORA.get(name)
+    for name in names or CORPORA.names():
+        fetch(name, force=force, log=_log)
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """List the corpora, their splits and whether they are cached."""
+    import json
+
+    from qsink.data import CORPORA
+    from qsink.data.corpora import corpus_dir, is_fetched
+
+    table = Table(title="corpora")
+    for col in ("name", "package", "description", "splits", "cached"):
+        table.add_column(col)
+    for name, c in CORPORA.items():
+        cached = "no (fetched on first use)"
+        if is_fetched(name):
+            splits = json.loads((corpus_dir(name) / "manifest.json").read_text())["splits"]
+            cached = ", ".join(f"{s} {v['chars'] / 1e6:.2f}M chars" for s, v in splits.items())
+        table.add_row(name, c.package, c.description, ", ".join(c.splits), cached)
+    out.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, standalone_mode=False)
+    except QsinkError as e:
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(e.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        sys.stderr.write("interrupted: completed records are kept; rerun the same command to finish the rest\n")
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

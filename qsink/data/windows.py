@@ -1,0 +1,73 @@
+"""Cut a text into the fixed-length token windows that perplexity and profiling read.
+
+Convention (recorded in every result): the text is tokenized once without special tokens and cut
+into non-overlapping windows of ``ctx`` tokens. If the tokenizer adds a BOS token by default, each
+window is ``[BOS] + ctx - 1`` text tokens. The first position of a window is context only, so each
+window scores ``ctx - 1`` predictions. A trailing partial window is dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from qsink.data.corpora import Text
+from qsink.errors import QsinkError
+
+
+@dataclass
+class Windows:
+    input_ids: torch.Tensor  # (n_windows, ctx) int64
+    ctx: int
+    bos: bool  # whether each window starts with the tokenizer's BOS token
+    n_text_tokens: int  # tokens in the whole text
+    n_used_tokens: int  # text tokens that went into the windows
+    data_name: str
+    data_sha256: str
+
+    @property
+    def n_windows(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def n_scored(self) -> int:
+        return self.n_windows * (self.ctx - 1)
+
+    def describe(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k != "input_ids"}
+        d.update(n_windows=self.n_windows, n_scored=self.n_scored)
+        return d
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts its BOS token in front of text by default."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True).input_ids
+    return len(ids) > 0 and ids[0] == bos
+
+
+def tokenize(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False, return_attention_mask=False, verbose=False).input_ids
+
+
+def make_windows(tokenizer, text: Text, ctx: int, max_tokens: int | None = None) -> Windows:
+    """Tokenize ``text`` once and cut it into windows (see the module docstring)."""
+    if ctx < 2:
+        raise QsinkError(f"--ctx {ctx} is too small; a window needs at least 2 tokens")
+    ids = tokenize(tokenizer, text.text)
+    bos = adds_bos(tokenizer)
+    per_window = ctx - 1 if bos else ctx
+    usable = ids[:max_tokens] if max_tokens else ids
+    n = len(usable) // per_window
+    if n == 0:
+        raise QsinkError(
+            f"{text.name} gives {len(usable)} tokens, fewer than one window of {ctx}; use a longer text, "
+            "a smaller --ctx or a larger --max-tokens"
+        )
+    body = torch.tensor(usable[: n * per_window], dtype=torch.long).view(n, per_window)
+    if bos:
+        body = torch.cat([torch.full((n, 1), tokenizer.bos_token_id, dtype=torch.long), body], dim=1)
+    return Windows(body, ctx, bos, len(ids), n * per_window, text.name, text.sha256)

@@ -1,0 +1,209 @@
+"""Resolve a model spec to files on disk and load it as a Hugging Face causal LM.
+
+A spec is one of:
+
+* a built-in name (``qsink models`` lists them);
+* a ``.gguf`` file: transformers dequantizes it to float once (slow: ~25 s for SmolLM2 here),
+  and qsink caches the result as safetensors in ``$QSINK_HOME/models/gguf-<sha256>/``;
+* a Hugging Face checkpoint directory with ``config.json`` and safetensors weights. Pickle
+  weights (``.bin``, ``.pt``) are refused: loading them can run arbitrary code.
+
+Resolution (:func:`resolve`) touches no weights beyond hashing, so a results cell can be looked up
+before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from qsink.config import qsink_home, sha256_cached
+from qsink.errors import QsinkError
+from qsink.models.zoo import BUILTINS
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+          "fp16": "float16", "float16": "float16"}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    spec: str  # what the user typed
+    kind: str  # "builtin", "gguf" or "hf"
+    source: Path  # the file or directory the weights come from
+    sha256: str  # of the GGUF file, or of the safetensors files of a directory
+    name: str  # short display name
+
+    def to_dict(self) -> dict:
+        return {"spec": self.spec, "kind": self.kind, "source": str(self.source), "sha256": self.sha256, "name": self.name}
+
+
+def resolve(spec: str) -> ResolvedModel:
+    """Find the files behind ``spec`` and check that they look sound, without loading weights."""
+    path = Path(spec).expanduser()
+    if spec in BUILTINS:
+        builtin = BUILTINS.get(spec)
+        gguf_path = builtin.locate()
+        if gguf_path is None:
+            raise QsinkError(f"built-in model {spec!r} is not installed; run: {builtin.install}")
+        _check_gguf(gguf_path)
+        return ResolvedModel(spec, "builtin", gguf_path, sha256_cached(gguf_path), spec)
+    if not path.exists():
+        close = difflib.get_close_matches(spec, BUILTINS.names(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else "; check the spelling or run 'qsink models'"
+        raise QsinkError(
+            f"model {spec!r} is neither an existing path nor a built-in name "
+            f"(built-ins: {', '.join(BUILTINS.names())}){hint}"
+        )
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise QsinkError(f"{path} is a file but not a .gguf; pass a .gguf file or a Hugging Face checkpoint directory")
+        _check_gguf(path)
+        return ResolvedModel(spec, "gguf", path.resolve(), sha256_cached(path), path.stem)
+    shards = _check_hf_dir(path)
+    combined = hashlib.sha256("".join(sha256_cached(s) for s in shards).encode()).hexdigest()
+    return ResolvedModel(spec, "hf", path.resolve(), combined, path.resolve().name)
+
+
+def _check_gguf(path: Path) -> None:
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise QsinkError(f"{path} is not a GGUF file (bad magic bytes); re-download or re-export it")
+    try:
+        import gguf
+
+        gguf.GGUFReader(path)
+    except Exception as e:  # gguf raises ValueError/IndexError/struct.error on damage
+        raise QsinkError(f"{path} is a corrupt or truncated GGUF file ({e}); re-download or re-export it") from None
+
+
+def _check_hf_dir(path: Path) -> list[Path]:
+    if not (path / "config.json").is_file():
+        raise QsinkError(f"{path} has no config.json, so it is not a Hugging Face checkpoint directory; pass the directory that holds config.json")
+    try:
+        json.loads((path / "config.json").read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise QsinkError(f"{path / 'config.json'} is not valid JSON ({e}); re-save the checkpoint") from None
+    shards = sorted(path.glob("*.safetensors"))
+    if not shards:
+        pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise QsinkError(
+                f"{path} holds only pickle weights ({', '.join(pickles[:3])}), which qsink refuses to load "
+                "because unpickling can run arbitrary code; convert them to safetensors (save_pretrained(..., safe_serialization=True))"
+            )
+        raise QsinkError(f"{path} has no *.safetensors weights; save the model with save_pretrained first")
+    for shard in shards:
+        check_safetensors(shard)
+    return shards
+
+
+def check_safetensors(path: Path) -> None:
+    """Verify a safetensors file's header and that its size matches what the header declares."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n <= 0 or 8 + n > size:
+                raise ValueError("header length exceeds the file")
+            header = json.loads(f.read(n))
+        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+        if 8 + n + max(ends, default=0) != size:
+            raise ValueError(f"file has {size} bytes, header expects {8 + n + max(ends, default=0)}")
+    except (ValueError, KeyError, TypeError, struct.error) as e:
+        raise QsinkError(f"{path} is a corrupt or truncated safetensors file ({e}); re-download or re-save it") from None
+
+
+def gguf_cache_dir(resolved: ResolvedModel) -> Path:
+    return qsink_home() / "models" / f"gguf-{resolved.sha256[:16]}"
+
+
+def _convert_gguf(resolved: ResolvedModel, log=print) -> Path:
+    """Dequantize a GGUF file once into a cached safetensors checkpoint directory."""
+    out = gguf_cache_dir(resolved)
+    if (out / "qsink-source.json").is_file():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log(f"converting {resolved.source.name} to a cached safetensors copy in {out} (once; ~30 s for 135M) ...")
+    folder, name = str(resolved.source.parent), resolved.source.name
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    except Exception as e:
+        raise QsinkError(f"transformers could not load {resolved.source} ({type(e).__name__}: {e}); is its architecture supported by transformers' GGUF loader?") from None
+    # transformers refuses save_pretrained on a GGUF-loaded model while these are set
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "qsink-source.json").write_text(json.dumps(resolved.to_dict(), indent=2))
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def checkpoint_dir(resolved: ResolvedModel, log=print) -> Path:
+    """The directory that ``from_pretrained`` reads for this model (converting GGUF if needed)."""
+    return resolved.source if resolved.kind == "hf" else _convert_gguf(resolved, log=log)
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise QsinkError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
+    return device
+
+
+def load(spec: str | ResolvedModel, dtype: str = "fp32", device: str = "auto", trust_remote_code: bool = False, log=print):
+    """Load ``spec`` as ``(model, tokenizer)`` in eval mode.
+
+    Example:
+        >>> model, tok = load("smollm2-135m")          # doctest: +SKIP
+        >>> model.config.num_hidden_layers              # doctest: +SKIP
+        30
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise QsinkError(f"unknown dtype {dtype!r}; use one of fp32, bf16, fp16")
+    resolved = spec if isinstance(spec, ResolvedModel) else resolve(spec)
+    folder = checkpoint_dir(resolved, log=log)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=getattr(torch, DTYPES[dtype]), use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise QsinkError(f"{resolved.spec} needs custom code from its directory; rerun with --trust-remote-code if you trust it") from None
+        raise QsinkError(f"transformers could not load {resolved.spec} ({e})") from None
+    except (OSError, KeyError, RuntimeError) as e:
+        raise QsinkError(f"transformers could not load {resolved.spec} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise QsinkError(f"{folder} has no usable tokenizer ({str(e).splitlines()[0]}); save one with tokenizer.save_pretrained") from None
+    model.to(pick_device(device)).eval()
+    return model, tokenizer

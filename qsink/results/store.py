@@ -1,0 +1,64 @@
+"""A directory of records: atomic writes, lookup by cell key, loading for the leaderboard."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from qsink.errors import QsinkError
+from qsink.results.record import SCHEMA
+
+
+class RecordStore:
+    """Records live as ``DIR/<model>__<scheme>__<key12>.json``; a cell is done iff its file exists."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def ensure_writable(self) -> None:
+        """Fail early, before any compute, if records cannot be written here."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.root, prefix=".probe.")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise QsinkError(f"results directory {self.root} is not writable ({e.strerror}); pass --out with a directory you can write to") from None
+
+    def path_for(self, model_name: str, scheme: str, key: str) -> Path:
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{model_name}__{scheme}").strip("-")
+        return self.root / f"{slug}__{key[:12]}.json"
+
+    def find(self, key: str) -> Path | None:
+        hits = list(self.root.glob(f"*__{key[:12]}.json")) if self.root.is_dir() else []
+        return hits[0] if hits else None
+
+    def write(self, record: dict, model_name: str) -> Path:
+        path = self.path_for(model_name, record["identity"]["scheme"], record["key"])
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(record, f, indent=2, sort_keys=False)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def load_all(self) -> list[dict]:
+        if not self.root.is_dir():
+            raise QsinkError(f"results directory {self.root} does not exist; run 'qsink evaluate --out {self.root}' first or pass --results")
+        records = []
+        for p in sorted(self.root.glob("*.json")):
+            try:
+                rec = json.loads(p.read_text())
+            except (ValueError, OSError):
+                raise QsinkError(f"record {p} is not valid JSON; delete it and rerun the cell") from None
+            if isinstance(rec, dict) and rec.get("schema") == SCHEMA:
+                records.append(rec)
+        return records

