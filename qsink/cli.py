@@ -58,6 +58,7 @@ def evaluate(
     """Perplexity (and bits per byte) of each model under each scheme; one JSON record per cell."""
     from qsink.data import resolve_data
     from qsink.evaluate import EvalSettings, run_cells
+    from qsink.models import resolve
     from qsink.quant import get_scheme
     from qsink.results import RecordStore
 
@@ -70,24 +71,29 @@ def evaluate(
                             seed=seed, trust_remote_code=trust_remote_code, force=force)
     store = RecordStore(out_dir)
     store.ensure_writable()
+    resolved = [resolve(m) for m in models]  # bad model paths fail before any data is fetched
     corpus = resolve_data(data, str(text) if text else None, log=_log)
     with _progress() as progress:
         def factory(desc: str, total: int):
             task = progress.add_task(desc, total=total)
             return lambda n: progress.advance(task, n)
 
-        outcomes = run_cells(models, schemes, corpus, settings, store, log=_log, progress_factory=factory)
+        outcomes = run_cells(resolved, schemes, corpus, settings, store, log=_log, progress_factory=factory)
     table = Table(title=f"perplexity on {corpus.name} (ctx {ctx})")
-    for col in ("model", "scheme", "status", "ppl", "bits/byte", "scored tokens", "tokens/s", "record"):
-        table.add_column(col, justify="right" if col in ("ppl", "bits/byte", "scored tokens", "tokens/s") else "left")
+    for col in ("model", "scheme", "status", "ppl", "bits/byte", "scored", "tok/s"):
+        table.add_column(col, justify="left" if col in ("model", "scheme", "status") else "right")
     for o in outcomes:
         m, t = o.record["metrics"], o.record["timing"]
-        status = o.record["status"] + (" (cached)" if o.skipped else "")
+        status = "cached" if o.skipped else o.record["status"]
         table.add_row(o.model, o.scheme, status, f"{m['ppl']:.3f}" if "ppl" in m else "-", f"{m['bpb']:.4f}" if "bpb" in m else "-",
-                      f"{m.get('n_scored', 0):,}", f"{t.get('tokens_per_s', 0):.0f}", str(o.path))
+                      f"{m.get('n_scored', 0):,}", f"{t.get('tokens_per_s', 0):.0f}")
         if o.record["status"] != "ok":
             _log(f"{o.model} [{o.scheme}] failed: {o.record['error']}")
     out.print(table)
+    skipped = sum(o.skipped for o in outcomes)
+    if skipped:
+        _log(f"{skipped} cell(s) already had a record and were not recomputed (--force recomputes them)")
+    _log(f"records in {out_dir}/")
 
 
 @app.command("leaderboard")
@@ -191,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)
     except QsinkError as e:
-        sys.stderr.write(f"error: {e}\n")
+        sys.stderr.write("error: " + " ".join(str(e).split()) + "\n")
         sys.exit(e.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         sys.stderr.write("interrupted: completed records are kept; rerun the same command to finish the rest\n")

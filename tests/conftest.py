@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+os.environ["COLUMNS"] = "200"  # rich tables must not wrap the words tests look for
+
 SAMPLE_TEXT = (
     "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
     "must be in want of a wife. However little known the feelings or views of such a man may be "

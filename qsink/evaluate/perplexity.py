@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from qsink.data.windows import Windows
 from qsink.errors import QsinkError
@@ -42,12 +41,15 @@ def scored_bytes(tokenizer, windows: Windows) -> int:
 
 
 def window_nll(model, input_ids: torch.Tensor) -> torch.Tensor:
-    """Summed NLL of each window's predictions of positions 1..T-1, shape (B,), float64."""
-    logits = model(input_ids=input_ids, use_cache=False).logits  # (B, T, V)
-    logp_targets = -F.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:], reduction="none"
-    )  # (B, T-1)
-    return -logp_targets.double().sum(dim=1)
+    """Summed NLL of each window's predictions of positions 1..T-1, shape (B,), float64.
+
+    ``logsumexp - target logit`` in fp32 agrees with a float64 log-softmax to ~1e-8 here, while
+    ``F.cross_entropy`` on the (B, V, T) layout drifted by ~1e-4 nats per token on SmolLM2.
+    """
+    logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
+    targets = input_ids[:, 1:, None]
+    nll = torch.logsumexp(logits, dim=-1) - logits.gather(-1, targets).squeeze(-1)  # (B, T-1)
+    return nll.double().sum(dim=1)
 
 
 @torch.inference_mode()

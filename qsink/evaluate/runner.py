@@ -19,7 +19,7 @@ from qsink.data.corpora import Text
 from qsink.data.windows import make_windows
 from qsink.errors import QsinkError
 from qsink.evaluate.perplexity import perplexity
-from qsink.models import load, resolve
+from qsink.models import ResolvedModel, load, resolve
 from qsink.quant.schemes import get_scheme
 from qsink.results.record import cell_key, make_record
 from qsink.results.store import RecordStore
@@ -63,7 +63,7 @@ def _existing_ok(store: RecordStore, key: str) -> tuple[Path, dict] | None:
 
 
 def run_cells(
-    model_specs: list[str],
+    model_specs: list[str | ResolvedModel],
     scheme_names: list[str],
     text: Text,
     settings: EvalSettings,

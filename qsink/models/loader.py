@@ -45,8 +45,10 @@ class ResolvedModel:
         return {"spec": self.spec, "kind": self.kind, "source": str(self.source), "sha256": self.sha256, "name": self.name}
 
 
-def resolve(spec: str) -> ResolvedModel:
+def resolve(spec: str | ResolvedModel) -> ResolvedModel:
     """Find the files behind ``spec`` and check that they look sound, without loading weights."""
+    if isinstance(spec, ResolvedModel):
+        return spec
     path = Path(spec).expanduser()
     if spec in BUILTINS:
         builtin = BUILTINS.get(spec)
@@ -185,8 +187,11 @@ def load(spec: str | ResolvedModel, dtype: str = "fp32", device: str = "auto", t
 
     if dtype not in DTYPES:
         raise QsinkError(f"unknown dtype {dtype!r}; use one of fp32, bf16, fp16")
-    resolved = spec if isinstance(spec, ResolvedModel) else resolve(spec)
+    resolved = resolve(spec)
     folder = checkpoint_dir(resolved, log=log)
+    config = json.loads((folder / "config.json").read_text())
+    if "auto_map" in config and not trust_remote_code:
+        raise QsinkError(f"{resolved.spec} needs custom model code from its directory (config.json has auto_map); rerun with --trust-remote-code if you trust it")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -198,12 +203,17 @@ def load(spec: str | ResolvedModel, dtype: str = "fp32", device: str = "auto", t
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise QsinkError(f"{resolved.spec} needs custom code from its directory; rerun with --trust-remote-code if you trust it") from None
-        raise QsinkError(f"transformers could not load {resolved.spec} ({e})") from None
+        raise QsinkError(f"transformers could not load {resolved.spec} ({_first_line(e)})") from None
     except (OSError, KeyError, RuntimeError) as e:
-        raise QsinkError(f"transformers could not load {resolved.spec} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise QsinkError(f"transformers could not load {resolved.spec} ({type(e).__name__}: {_first_line(e)})") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise QsinkError(f"{folder} has no usable tokenizer ({str(e).splitlines()[0]}); save one with tokenizer.save_pretrained") from None
+        raise QsinkError(f"{folder} has no usable tokenizer ({_first_line(e)}); save one with tokenizer.save_pretrained") from None
     model.to(pick_device(device)).eval()
     return model, tokenizer
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__

