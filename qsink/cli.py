@@ -96,6 +96,85 @@ def evaluate(
     _log(f"records in {out_dir}/")
 
 
+@app.command()
+def measure(
+    model: str = typer.Argument(..., help="Built-in name, .gguf file or Hugging Face checkpoint directory."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Corpus NAME[:SPLIT] (default austen:test) or hf:NAME[:CONFIG]."),
+    text: Optional[Path] = typer.Option(None, "--text", help="Profile on this UTF-8 text file instead of a corpus."),
+    samples: int = typer.Option(16, "--samples", "-n", help="Number of windows."),
+    ctx: int = typer.Option(512, "--ctx", help="Tokens per window."),
+    top_k: int = typer.Option(8, "--top-k", help="Largest activations kept per layer."),
+    massive_abs: float = typer.Option(100.0, "--massive-abs", help="A massive activation has |h| above this ..."),
+    massive_ratio: float = typer.Option(1000.0, "--massive-ratio", help="... and above this times the layer median."),
+    sink_eps: float = typer.Option(0.3, "--sink-eps", help="A head is a sink if its mean attention on key 0 exceeds this."),
+    attn_windows: Optional[int] = typer.Option(None, "--attn-windows", help="Windows that run eager attention for sink statistics (default: all)."),
+    batch_size: int = typer.Option(1, "--batch-size"),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    out_dir: Path = typer.Option(Path("runs"), "--out", help="Directory for the profile JSON and its plots."),
+    force: bool = typer.Option(False, "--force", help="Recompute even if this profile exists."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+) -> None:
+    """Massive activations, attention sinks and outlier statistics of one model, in one pass."""
+    from qsink.data import resolve_data
+    from qsink.measure.plots import plot_profile
+    from qsink.measure.profiler import ProfileSettings
+    from qsink.measure.run import measure_model
+    from qsink.models import resolve
+    from qsink.results import RecordStore
+
+    if samples < 1 or batch_size < 1:
+        raise QsinkError("--samples and --batch-size must be at least 1")
+    store = RecordStore(out_dir)
+    store.ensure_writable()
+    res = resolve(model)
+    corpus = resolve_data(data, str(text) if text else None, log=_log)
+    settings = ProfileSettings(top_k=top_k, massive_abs=massive_abs, massive_ratio=massive_ratio, sink_eps=sink_eps,
+                               attn_windows=attn_windows)
+    with _progress() as progress:
+        def factory(desc: str, total: int):
+            task = progress.add_task(desc, total=total)
+            return lambda n: progress.advance(task, n)
+
+        outcome = measure_model(res, corpus, store, ctx=ctx, samples=samples, settings=settings, dtype=dtype, device=device,
+                                batch_size=batch_size, force=force, trust_remote_code=trust_remote_code, log=_log,
+                                on_batch_factory=factory)
+    doc = outcome.profile.to_dict()
+    plots = plot_profile(doc, out_dir, outcome.path.stem, res.name)
+    _print_profile(res.name, doc)
+    if outcome.skipped:
+        _log("this profile already existed and was not recomputed (--force recomputes it)")
+    _log(f"profile: {outcome.path}")
+    _log("plots: " + ", ".join(str(p) for p in plots))
+
+
+def _print_profile(name: str, doc: dict) -> None:
+    s = doc["summary"]
+    table = Table(title=f"{name}: residual stream per layer ({doc['n_windows']} windows of {doc['data']['ctx']})")
+    for col in ("layer", "top-1", "median", "ratio", "pos:ch", "kurt", "massive", "alpha"):
+        table.add_column(col, justify="right")
+    alpha = doc["attention"]["alpha_mean_per_layer"] if doc.get("attention") else None
+    for d in doc["layers"]:
+        t = d["top"][0]
+        a = f"{alpha[d['layer'] - 1]:.2f}" if alpha and d["layer"] > 0 else "-"
+        table.add_row(str(d["layer"]), f"{d['top1']:.4g}", f"{d['median']:.3g}", f"{d['top1_median']:.4g}",
+                      f"{t['position']}:{t['channel']}", f"{d['kurtosis_mean']:.1f}", str(d["n_massive"]), a)
+    out.print(table)
+    out.print(
+        f"spike magnitude {s['spike_magnitude']:.4g} (layer {s['spike_layer']}), top-1/median up to {s['top1_median_max']:.4g}; "
+        f"massive activations: {'yes' if s['has_massive'] else 'none'}"
+        + (f", channels {s['spike_channels']}, layers {s['step_up_layer']}..{(s['step_down_layer'] or doc['n_layers'] + 1) - 1}, "
+           f"tokens {', '.join(s['spike_tokens'])}" if s["has_massive"] else ""),
+        highlight=False, markup=False,
+    )
+    if s["sink_ratio"] is not None:
+        out.print(f"sink ratio {s['sink_ratio']:.3f} (heads with alpha > {doc['settings']['sink_eps']}), mean alpha {s['alpha_mean']:.3f}; "
+                  f"secondary sinks: {len(doc['attention']['secondary_sinks'])} heads", highlight=False, markup=False)
+    nc = s["near_constancy"]
+    out.print(f"max kurtosis {s['kurtosis_max']:.4g}; linear-input absmax max/median up to {s['linear_input_ratio_max']:.4g}; "
+              f"near-constancy of spike tokens {'-' if nc is None else f'{nc:.4f}'}", highlight=False, markup=False)
+
+
 @app.command("leaderboard")
 def leaderboard_cmd(
     results: Path = typer.Option(Path("runs"), "--results", help="Directory of JSON records."),

@@ -7,7 +7,6 @@ are written atomically, so an interrupted run leaves only complete records behin
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from qsink.data.corpora import Text
 from qsink.data.windows import make_windows
 from qsink.errors import QsinkError
 from qsink.evaluate.perplexity import perplexity
-from qsink.models import ResolvedModel, load, resolve
+from qsink.models import ResolvedModel, check_ctx, load, resolve
 from qsink.quant.schemes import get_scheme
 from qsink.results.record import cell_key, make_record
 from qsink.results.store import RecordStore
@@ -51,17 +50,6 @@ def identity(model_sha: str, scheme: dict, text: Text, s: EvalSettings) -> dict:
             "ctx": s.ctx, "max_tokens": s.max_tokens, "dtype": s.dtype, "seed": s.seed}
 
 
-def _existing_ok(store: RecordStore, key: str) -> tuple[Path, dict] | None:
-    path = store.find(key)
-    if path is None:
-        return None
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return (path, rec) if rec.get("status") == "ok" else None
-
-
 def run_cells(
     model_specs: list[str | ResolvedModel],
     scheme_names: list[str],
@@ -79,7 +67,7 @@ def run_cells(
         todo = []
         for scheme in schemes:
             ident = identity(res.sha256, scheme, text, settings)
-            found = None if settings.force else _existing_ok(store, cell_key(ident))
+            found = None if settings.force else store.find_ok(cell_key(ident))
             if found:
                 outcomes.append(CellOutcome(res.name, scheme["name"], found[0], found[1], skipped=True))
             else:
@@ -89,9 +77,7 @@ def run_cells(
         torch.manual_seed(settings.seed)
         model, tokenizer = load(res, dtype=settings.dtype, device=settings.device,
                                 trust_remote_code=settings.trust_remote_code, log=log)
-        max_pos = getattr(model.config, "max_position_embeddings", None)
-        if max_pos is not None and settings.ctx > max_pos:
-            raise QsinkError(f"--ctx {settings.ctx} exceeds {res.name}'s maximum of {max_pos} positions; pass --ctx {max_pos} or less")
+        check_ctx(model, settings.ctx, res.name)
         windows = make_windows(tokenizer, text, settings.ctx, settings.max_tokens)
         for scheme, ident in todo:
             on_batch = progress_factory(f"{res.name} · {scheme['name']}", windows.n_windows) if progress_factory else None
@@ -113,7 +99,7 @@ def run_cells(
                 metrics = result.to_dict()
                 timing = {"wall_s": metrics.pop("wall_s"), "tokens_per_s": metrics.pop("tokens_per_s")}
                 record = make_record(ident, config, metrics, timing)
-            path = store.write(record, res.name)
+            path = store.write(record, f"{res.name}__{scheme['name']}")
             outcomes.append(CellOutcome(res.name, scheme["name"], path, record, skipped=False))
         del model
     return outcomes

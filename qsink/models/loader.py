@@ -214,6 +214,13 @@ def load(spec: str | ResolvedModel, dtype: str = "fp32", device: str = "auto", t
     return model, tokenizer
 
 
+def check_ctx(model, ctx: int, name: str) -> None:
+    """Refuse a window longer than the model's position table."""
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if max_pos is not None and ctx > max_pos:
+        raise QsinkError(f"--ctx {ctx} exceeds {name}'s maximum of {max_pos} positions; pass --ctx {max_pos} or less")
+
+
 def _first_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return lines[0] if lines else type(e).__name__

@@ -13,7 +13,8 @@ from qsink.results.record import SCHEMA
 
 
 class RecordStore:
-    """Records live as ``DIR/<model>__<scheme>__<key12>.json``; a cell is done iff its file exists."""
+    """Records live as ``DIR/<stem>__<key12>.json`` (stem: ``<model>__<scheme>`` for evaluation
+    cells, ``<model>__profile`` for profiles); a cell is done iff its file exists."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -28,16 +29,27 @@ class RecordStore:
         except OSError as e:
             raise QsinkError(f"results directory {self.root} is not writable ({e.strerror}); pass --out with a directory you can write to") from None
 
-    def path_for(self, model_name: str, scheme: str, key: str) -> Path:
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{model_name}__{scheme}").strip("-")
+    def path_for(self, stem: str, key: str) -> Path:
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-")
         return self.root / f"{slug}__{key[:12]}.json"
 
     def find(self, key: str) -> Path | None:
         hits = list(self.root.glob(f"*__{key[:12]}.json")) if self.root.is_dir() else []
         return hits[0] if hits else None
 
-    def write(self, record: dict, model_name: str) -> Path:
-        path = self.path_for(model_name, record["identity"]["scheme"], record["key"])
+    def find_ok(self, key: str) -> tuple[Path, dict] | None:
+        """The record for ``key`` if it exists and succeeded (failed cells are run again)."""
+        path = self.find(key)
+        if path is None:
+            return None
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return (path, rec) if rec.get("status", "ok") == "ok" else None
+
+    def write(self, record: dict, stem: str) -> Path:
+        path = self.path_for(stem, record["key"])
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{path.name}.")
         try:
             with os.fdopen(fd, "w") as f:
@@ -50,7 +62,7 @@ class RecordStore:
             raise
         return path
 
-    def load_all(self) -> list[dict]:
+    def load_all(self, schema: str = SCHEMA) -> list[dict]:
         if not self.root.is_dir():
             raise QsinkError(f"results directory {self.root} does not exist; run 'qsink evaluate --out {self.root}' first or pass --results")
         records = []
@@ -59,6 +71,6 @@ class RecordStore:
                 rec = json.loads(p.read_text())
             except (ValueError, OSError):
                 raise QsinkError(f"record {p} is not valid JSON; delete it and rerun the cell") from None
-            if isinstance(rec, dict) and rec.get("schema") == SCHEMA:
+            if isinstance(rec, dict) and rec.get("schema") == schema:
                 records.append(rec)
         return records

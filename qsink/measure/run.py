@@ -1,0 +1,73 @@
+"""``qsink measure`` as a function: resolve, load, window, profile, store (cached by identity)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from qsink.data.corpora import Text
+from qsink.data.windows import adds_bos, make_windows
+from qsink.measure.profile import Profile
+from qsink.measure.profiler import ProfileSettings, profile
+from qsink.models import ResolvedModel, check_ctx, load, resolve
+from qsink.results.record import cell_key, env_info
+from qsink.results.store import RecordStore
+
+
+@dataclass
+class MeasureOutcome:
+    profile: Profile
+    path: Path
+    skipped: bool
+
+
+def profile_identity(res: ResolvedModel, text: Text, ctx: int, samples: int, dtype: str, s: ProfileSettings) -> dict:
+    return {"kind": "profile", "model_sha256": res.sha256, "data_sha256": text.sha256, "ctx": ctx, "samples": samples,
+            "dtype": dtype, "settings": s.to_dict()}
+
+
+def measure_model(
+    spec: str | ResolvedModel,
+    text: Text,
+    store: RecordStore,
+    ctx: int = 512,
+    samples: int = 16,
+    settings: ProfileSettings | None = None,
+    dtype: str = "fp32",
+    device: str = "auto",
+    batch_size: int = 1,
+    force: bool = False,
+    trust_remote_code: bool = False,
+    loaded=None,
+    log: Callable[[str], None] = print,
+    on_batch_factory: Callable[[str, int], Callable[[int], None]] | None = None,
+) -> MeasureOutcome:
+    """Profile one model on ``samples`` windows of ``text``; reuse a stored profile with the same identity."""
+    settings = settings or ProfileSettings()
+    res = resolve(spec)
+    ident = profile_identity(res, text, ctx, samples, dtype, settings)
+    key = cell_key(ident)
+    found = None if force else store.find_ok(key)
+    if found:
+        return MeasureOutcome(Profile.from_dict(found[1]), found[0], skipped=True)
+    store.ensure_writable()
+    model, tok = loaded or load(res, dtype=dtype, device=device, trust_remote_code=trust_remote_code, log=log)
+    check_ctx(model, ctx, res.name)
+    windows = make_windows(tok, text, ctx, max_tokens=samples * (ctx - 1 if adds_bos(tok) else ctx))
+    on_batch = on_batch_factory(f"{res.name} · profile", windows.n_windows) if on_batch_factory else None
+    torch.manual_seed(0)
+    prof = profile(model, tok, windows, settings, batch_size=batch_size, on_batch=on_batch)
+    doc = prof.to_dict() | {
+        "key": key,
+        "identity": ident,
+        "status": "ok",
+        "model": res.to_dict() | {"family": model.config.model_type},
+        "env": env_info(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    path = store.write(doc, f"{res.name}__profile")
+    return MeasureOutcome(Profile(doc), path, skipped=False)

@@ -1,0 +1,92 @@
+"""Where the parts of each model family live: blocks, norms, attention, linear layers.
+
+All model-family knowledge in qsink is here. A family is described once by attribute paths; the
+profiler, the quantizer and the analyses ask the adapter, never the model, where things are.
+
+Example:
+    >>> ad = adapter_for(model)                       # doctest: +SKIP
+    >>> len(ad.blocks(model)), ad.family               # doctest: +SKIP
+    (30, 'llama')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from qsink.errors import QsinkError
+
+
+@dataclass(frozen=True)
+class FamilyAdapter:
+    family: str
+    model_types: tuple[str, ...]  # config.model_type values this adapter serves
+    blocks_path: str  # from the CausalLM module to the ModuleList of blocks
+    embed_path: str  # token embedding module
+    final_norm_path: str
+    attn: str  # attention submodule of a block (its output is (attn_output, attn_weights))
+    input_norm: str  # norm in front of attention in a block
+    post_attn_norm: str | None  # norm in front of the FFN (pre-norm models)
+    mlp: str
+
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        return list(_get(model, self.blocks_path))
+
+    def embedding(self, model: nn.Module) -> nn.Module:
+        return _get(model, self.embed_path)
+
+    def final_norm(self, model: nn.Module) -> nn.Module:
+        return _get(model, self.final_norm_path)
+
+    def attention(self, block: nn.Module) -> nn.Module:
+        return _get(block, self.attn)
+
+    def norm_before_attention(self, block: nn.Module) -> nn.Module:
+        return _get(block, self.input_norm)
+
+    def ffn(self, block: nn.Module) -> nn.Module:
+        return _get(block, self.mlp)
+
+    def linears(self, block: nn.Module) -> dict[str, nn.Linear]:
+        """Every linear layer inside a block, by its path relative to the block (e.g. ``self_attn.q_proj``)."""
+        return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
+
+
+def _get(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+_LLAMA_LIKE = dict(blocks_path="model.layers", embed_path="model.embed_tokens", final_norm_path="model.norm",
+                   attn="self_attn", input_norm="input_layernorm", post_attn_norm="post_attention_layernorm", mlp="mlp")
+
+ADAPTERS: list[FamilyAdapter] = [
+    FamilyAdapter("llama", ("llama",), **_LLAMA_LIKE),
+    FamilyAdapter("qwen2", ("qwen2", "qwen3"), **_LLAMA_LIKE),
+    FamilyAdapter("mistral", ("mistral",), **_LLAMA_LIKE),
+    FamilyAdapter("gpt_neox", ("gpt_neox",), blocks_path="gpt_neox.layers", embed_path="gpt_neox.embed_in",
+                  final_norm_path="gpt_neox.final_layer_norm", attn="attention", input_norm="input_layernorm",
+                  post_attn_norm="post_attention_layernorm", mlp="mlp"),
+]
+
+
+def register_adapter(adapter: FamilyAdapter) -> None:
+    """Teach qsink a new family (qsink's own variant family registers itself this way)."""
+    ADAPTERS.append(adapter)
+
+
+def supported_model_types() -> list[str]:
+    return sorted({t for a in ADAPTERS for t in a.model_types})
+
+
+def adapter_for(model: nn.Module) -> FamilyAdapter:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    for a in ADAPTERS:
+        if model_type in a.model_types:
+            return a
+    raise QsinkError(
+        f"qsink does not know where the blocks of a {model_type!r} model are; supported families: "
+        f"{', '.join(supported_model_types())} (add one in qsink/models/adapter.py)"
+    )
