@@ -19,8 +19,10 @@ from qsink.errors import QsinkError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="qsink: how much does low-bit quantization hurt a language model, and why.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: performance ratios measured side by side in one run.")
 data_app = typer.Typer(no_args_is_help=True, help="Corpora: fetch and list the built-in texts.")
 app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
 
 out = Console()
 err = Console(stderr=True)
@@ -270,6 +272,27 @@ def data_list() -> None:
             cached = ", ".join(f"{s} {v['chars'] / 1e6:.2f}M chars" for s, v in splits.items())
         table.add_row(name, c.package, c.description, ", ".join(c.splits), cached)
     out.print(table)
+
+
+@bench_app.command("measure")
+def bench_measure_cmd(
+    model: str = typer.Argument("smollm2-135m"),
+    samples: int = typer.Option(16, "--samples", "-n"),
+    ctx: int = typer.Option(512, "--ctx"),
+    repeats: int = typer.Option(2, "--repeats"),
+    out_file: Path = typer.Option(Path("results/bench/measure.json"), "--out"),
+) -> None:
+    """Wall time of `qsink measure` / a plain forward with output_hidden_states=True (target <= 1.5)."""
+    from qsink.bench import bench_measure, write_json
+    from qsink.data import load_corpus
+    from qsink.models import load
+
+    m, tok = load(model, log=_log)
+    doc = bench_measure(m, tok, load_corpus("austen", "test", log=_log), samples=samples, ctx=ctx, repeats=repeats, log=_log)
+    doc["model"] = model
+    write_json(doc, out_file)
+    out.print(f"measure / plain forward = {doc['ratio']:.2f} (best of {repeats}: {doc['best_s']['measure']:.1f} s vs "
+              f"{doc['best_s']['plain_forward_hidden_states']:.1f} s, {samples} x {ctx} tokens); wrote {out_file}", highlight=False)
 
 
 def main(argv: list[str] | None = None) -> None:

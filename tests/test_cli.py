@@ -124,3 +124,29 @@ def test_real_entry_point_prints_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: model") and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_measure_writes_profile_and_plots(tiny_model_dir, sample_text_file, tmp_path, capsys):
+    out = tmp_path / "m"
+    args = ["measure", str(tiny_model_dir), "--text", str(sample_text_file), "--samples", "3", "--ctx", "32", "--out", str(out)]
+    code, stdout, stderr = run(args, capsys)
+    assert code == 0, stderr
+    (path,) = out.glob("*__profile__*.json")
+    doc = json.loads(path.read_text())
+    assert doc["schema"] == "qsink.profile/1" and doc["n_windows"] == 3 and doc["identity"]["samples"] == 3
+    assert {"spike_magnitude", "top1_median_max", "kurtosis_max", "sink_ratio", "spike_tokens"} <= set(doc["summary"])
+    pngs = sorted(p.name.split("-")[-1] for p in out.glob(f"{path.stem}-*.png"))
+    assert pngs == ["channels.png", "layers.png", "sinks.png"]
+    assert "spike magnitude" in stdout and "sink ratio" in stdout
+    code, _, stderr = run(args, capsys)
+    assert code == 0 and "already existed" in stderr
+    # profiles are not leaderboard rows
+    code, _, err = run(["leaderboard", "--results", str(out)], capsys)
+    assert code == 2 and "no records" in err
+
+
+def test_measure_bad_inputs(tiny_model_dir, sample_text_file, tmp_path, capsys):
+    code, _, err = run(["measure", str(tmp_path / "nope"), "--text", str(sample_text_file)], capsys)
+    assert code == 2 and err.startswith("error: model")
+    code, _, err = run(["measure", str(tiny_model_dir), "--text", str(sample_text_file), "--samples", "0"], capsys)
+    assert code == 2 and "--samples" in err
