@@ -29,6 +29,11 @@ class FamilyAdapter:
     input_norm: str  # norm in front of attention in a block
     post_attn_norm: str | None  # norm in front of the FFN (pre-norm models)
     mlp: str
+    # for function-preserving rewrites (SmoothQuant, Hadamard rotation); empty where unsupported
+    norm_groups: tuple[tuple[str, tuple[str, ...]], ...] = ()  # a norm and the linears that read its output
+    residual_writers: tuple[str, ...] = ()  # linears whose output is added to the residual stream
+    value_pair: tuple[str, str] | None = None  # (v_proj, o_proj): o's input is linear in v's output
+    ffn_pair: tuple[str, str] | None = None  # (up_proj, down_proj): down's input is linear in up's output
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         return list(_get(model, self.blocks_path))
@@ -48,6 +53,18 @@ class FamilyAdapter:
     def ffn(self, block: nn.Module) -> nn.Module:
         return _get(block, self.mlp)
 
+    def module(self, block: nn.Module, path: str) -> nn.Module:
+        return _get(block, path)
+
+    def set_module(self, block: nn.Module, path: str, new: nn.Module) -> None:
+        parent, _, leaf = path.rpartition(".")
+        setattr(_get(block, parent) if parent else block, leaf, new)
+
+    def require_rewrites(self, method: str) -> None:
+        if not self.norm_groups:
+            raise QsinkError(f"{method} is not implemented for {self.family} models (it needs the pre-norm "
+                             "layout of Llama-style blocks); use another outlier-handling method")
+
     def linears(self, block: nn.Module) -> dict[str, nn.Linear]:
         """Every linear layer inside a block, by its path relative to the block (e.g. ``self_attn.q_proj``)."""
         return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
@@ -59,8 +76,15 @@ def _get(obj, path: str):
     return obj
 
 
-_LLAMA_LIKE = dict(blocks_path="model.layers", embed_path="model.embed_tokens", final_norm_path="model.norm",
-                   attn="self_attn", input_norm="input_layernorm", post_attn_norm="post_attention_layernorm", mlp="mlp")
+_LLAMA_LIKE = dict(
+    blocks_path="model.layers", embed_path="model.embed_tokens", final_norm_path="model.norm",
+    attn="self_attn", input_norm="input_layernorm", post_attn_norm="post_attention_layernorm", mlp="mlp",
+    norm_groups=(("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                 ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"))),
+    residual_writers=("self_attn.o_proj", "mlp.down_proj"),
+    value_pair=("self_attn.v_proj", "self_attn.o_proj"),
+    ffn_pair=("mlp.up_proj", "mlp.down_proj"),
+)
 
 ADAPTERS: list[FamilyAdapter] = [
     FamilyAdapter("llama", ("llama",), **_LLAMA_LIKE),

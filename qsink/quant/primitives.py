@@ -19,7 +19,9 @@ Formats:
   (E8M0) scale ``2^(floor(log2(absmax)) - 2)``, 2 being E2M1's largest exponent.
 * NVFP4: blocks of 16 E2M1 values with an FP8-E4M3 block scale times an FP32 per-tensor scale
   ``absmax / (6 * 448)``.
-* NF4 (QLoRA, arXiv 2305.14314): the 16 normal-float levels, blockwise absmax scale.
+* NF4 (QLoRA, arXiv 2305.14314): the 16 normal-float levels, blockwise absmax scale; FP4 weights
+  as bitsandbytes defines them (its own 15-level table, blockwise absmax). Both match
+  ``bitsandbytes.functional.quantize_4bit`` exactly (tested).
 * FP8 E4M3 (the OCP "fn" variant, max 448, no infinities), round to nearest even, saturating.
 """
 
@@ -80,11 +82,12 @@ def quantize_int(x: torch.Tensor, bits: int, symmetric: bool = True, granularity
     """
     qmin, qmax = int_range(bits, symmetric)
     xf = x.float()
-    block = group if granularity == "group" else (None if granularity == "row" else None)
     if granularity == "tensor":
         xb, pad = xf.reshape(1, -1).unsqueeze(-2), 0
+    elif granularity in ("row", "group"):
+        xb, pad = _blocks(xf, group if granularity == "group" else None)
     else:
-        xb, pad = _blocks(xf, block)
+        raise ValueError(f"unknown granularity {granularity!r}")
     if symmetric:
         if scale is None:
             amax = xb.abs().amax(dim=-1, keepdim=True) * clip_ratio
@@ -149,33 +152,35 @@ def fake_nvfp4(x: torch.Tensor, block: int = 16) -> torch.Tensor:
     return _unblocks(q * scale, pad).to(x.dtype)
 
 
-def fake_fp4_absmax(x: torch.Tensor, block: int = 64) -> torch.Tensor:
-    """E2M1 values with a float absmax scale per block (bitsandbytes-style 'fp4' weights)."""
+def fake_lut(x: torch.Tensor, levels: torch.Tensor, block: int = 64) -> torch.Tensor:
+    """Nearest of ``levels`` (sorted, in [-1, 1]) times a per-block absmax scale."""
     xb, pad = _blocks(x.float(), block)
-    scale = xb.abs().amax(dim=-1, keepdim=True) / E2M1_MAX
+    scale = xb.abs().amax(dim=-1, keepdim=True)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return _unblocks(round_e2m1(xb / scale) * scale, pad).to(x.dtype)
+    levels = levels.to(x.device)
+    idx = torch.bucketize(xb / scale, (levels[1:] + levels[:-1]) / 2)
+    return _unblocks(levels[idx] * scale, pad).to(x.dtype)
 
 
-# ---------------------------------------------------------------------------------------------
-# NF4
-
+# QLoRA's normal-float levels (arXiv 2305.14314), as bitsandbytes stores them
 NF4_VALUES = torch.tensor([
     -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
     -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
     0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
     0.7229568362236023, 1.0,
 ])
+# bitsandbytes' "fp4" levels: an E2M1-like grid normalised to 1 whose smallest step is 1/192, not 1/12
+BNB_FP4_VALUES = torch.tensor([-1.0, -2 / 3, -0.5, -1 / 3, -0.25, -1 / 6, -1 / 192, 0.0,
+                               1 / 192, 1 / 6, 0.25, 1 / 3, 0.5, 2 / 3, 1.0])
 
 
 def fake_nf4(x: torch.Tensor, block: int = 64) -> torch.Tensor:
-    xb, pad = _blocks(x.float(), block)
-    scale = xb.abs().amax(dim=-1, keepdim=True)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    levels = NF4_VALUES.to(x.device)
-    mids = (levels[1:] + levels[:-1]) / 2
-    idx = torch.bucketize(xb / scale, mids)
-    return _unblocks(levels[idx] * scale, pad).to(x.dtype)
+    return fake_lut(x, NF4_VALUES, block)
+
+
+def fake_fp4(x: torch.Tensor, block: int = 64) -> torch.Tensor:
+    """bitsandbytes-compatible FP4 weights (block absmax scale, the level set above)."""
+    return fake_lut(x, BNB_FP4_VALUES, block)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,29 +1,177 @@
-"""Quantization schemes: one validated dataclass per named scheme.
+"""Quantization schemes: one validated dataclass per named scheme, built from quantization formats.
 
-Only ``fp`` (no quantization) exists so far; the quantization engine adds the rest. The CLI's
-``--scheme`` option already resolves names through :data:`SCHEMES`, so an unknown name is
-rejected with the list of known ones.
+A :class:`QuantFormat` says how one tensor is quantized (number format, bits, symmetry,
+granularity); a :class:`Scheme` says which tensors are quantized with which format: the weights of
+every linear layer in the blocks, their input activations (dynamic, or static per-tensor scales
+from calibration), and optionally k and v after projection. Embeddings and ``lm_head`` stay in
+high precision.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
+import torch
+
+from qsink.errors import QsinkError
+from qsink.quant import primitives as P
 from qsink.registry import Registry
+
+
+@dataclass(frozen=True)
+class Granularity:
+    """Where one scale applies: 'tensor', 'channel' (a weight's output row), 'token' (an activation
+    row) or 'group' (``size`` consecutive input elements)."""
+
+    kind: str
+    size: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in ("tensor", "channel", "token", "group"):
+            raise ValueError(f"unknown granularity {self.kind!r}; use tensor, channel, token or group")
+        if (self.kind == "group") != (self.size is not None):
+            raise ValueError("a group granularity needs a size, and only it has one")
+        if self.size is not None and self.size < 1:
+            raise ValueError("group size must be positive")
+
+    def __str__(self) -> str:
+        return f"group{self.size}" if self.kind == "group" else f"per-{self.kind}"
+
+
+PER_TENSOR, PER_CHANNEL, PER_TOKEN = Granularity("tensor"), Granularity("channel"), Granularity("token")
+
+
+def per_group(size: int) -> Granularity:
+    return Granularity("group", size)
+
+
+FORMATS = ("int", "mxfp4", "nvfp4", "nf4", "fp4", "fp8")
+BLOCKED = {"mxfp4": 32, "nvfp4": 16}  # block sizes fixed by the format specs
+
+
+@dataclass(frozen=True)
+class QuantFormat:
+    dtype: str  # one of FORMATS
+    bits: int = 8  # integer width (int only)
+    symmetric: bool = True
+    granularity: Granularity = PER_CHANNEL
+
+    def __post_init__(self):
+        if self.dtype not in FORMATS:
+            raise ValueError(f"unknown number format {self.dtype!r}; known: {', '.join(FORMATS)}")
+        if self.dtype == "int":
+            P.int_range(self.bits, self.symmetric)  # validates 2..8
+        if self.dtype in BLOCKED and self.granularity != per_group(BLOCKED[self.dtype]):
+            raise ValueError(f"{self.dtype} uses blocks of {BLOCKED[self.dtype]}; use per_group({BLOCKED[self.dtype]})")
+        if self.dtype in ("nf4", "fp4") and self.granularity.kind != "group":
+            raise ValueError(f"{self.dtype} uses a blockwise absmax; give it a group granularity")
+
+    @property
+    def row_granularity(self) -> str:
+        return {"tensor": "tensor", "channel": "row", "token": "row", "group": "group"}[self.granularity.kind]
+
+    def fake(self, x: torch.Tensor, clip_ratio: float = 1.0, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``dequantize(quantize(x))``; ``scale`` is a static scale (int, symmetric only)."""
+        g = self.granularity
+        if self.dtype == "int":
+            return P.fake_int(x, self.bits, self.symmetric, self.row_granularity, g.size, clip_ratio, scale)
+        if self.dtype == "mxfp4":
+            return P.fake_mxfp4(x, g.size)
+        if self.dtype == "nvfp4":
+            return P.fake_nvfp4(x, g.size)
+        if self.dtype == "nf4":
+            return P.fake_nf4(x, g.size)
+        if self.dtype == "fp4":
+            return P.fake_fp4(x, g.size)
+        return P.fake_fp8(x, "tensor" if g.kind == "tensor" else "row")
+
+    def qmax(self) -> float:
+        """Largest representable code magnitude (for static scales)."""
+        if self.dtype != "int":
+            raise ValueError("static scales are implemented for integer formats only")
+        return float(2 ** (self.bits - 1) - 1)
+
+    def __str__(self) -> str:
+        name = f"int{self.bits}{'' if self.symmetric else '-asym'}" if self.dtype == "int" else self.dtype
+        return f"{name} {self.granularity}"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["granularity"] = str(self.granularity)
+        return d
 
 
 @dataclass(frozen=True)
 class Scheme:
     name: str
     description: str
+    weight: QuantFormat | None = None
+    act: QuantFormat | None = None
+    act_static: bool = False  # per-tensor activation scales fixed from calibration data
+    kv: QuantFormat | None = None  # k and v after projection (before RoPE), per token
+
+    def __post_init__(self):
+        if self.act_static and (self.act is None or self.act.dtype != "int" or not self.act.symmetric
+                                or self.act.granularity != PER_TENSOR):
+            raise ValueError("static activation scales need a symmetric per-tensor integer activation format")
+
+    @property
+    def quantizes_activations(self) -> bool:
+        return self.act is not None
+
+    def with_kv(self, bits: int | None) -> "Scheme":
+        if not bits:
+            return self
+        return replace(self, name=f"{self.name}+kv{bits}", kv=QuantFormat("int", bits, True, PER_TOKEN))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"name": self.name, "description": self.description,
+                "weight": self.weight.to_dict() if self.weight else None,
+                "act": self.act.to_dict() if self.act else None, "act_static": self.act_static,
+                "kv": self.kv.to_dict() if self.kv else None}
 
 
 SCHEMES: Registry[Scheme] = Registry("scheme")
-SCHEMES.add("fp", Scheme("fp", "no quantization: the model in its load dtype (the reference every delta is taken against)"))
+
+
+def _add(scheme: Scheme) -> None:
+    SCHEMES.add(scheme.name, scheme)
+
+
+INT8_W = QuantFormat("int", 8, True, PER_CHANNEL)
+INT4_W = QuantFormat("int", 4, True, PER_CHANNEL)
+INT8_A = QuantFormat("int", 8, True, PER_TOKEN)
+
+_add(Scheme("fp", "no quantization: the model in its load dtype (the reference every delta is taken against)"))
+_add(Scheme("w8a8", "int8 per-channel weights, dynamic per-token int8 activations", INT8_W, INT8_A))
+_add(Scheme("w8a8-static", "int8 per-channel weights, static per-tensor int8 activation scales from calibration "
+            "(the outlier-sensitive one)", INT8_W, QuantFormat("int", 8, True, PER_TENSOR), act_static=True))
+_add(Scheme("w4a16", "int4 asymmetric group-128 weights, activations in high precision",
+            QuantFormat("int", 4, False, per_group(128))))
+_add(Scheme("w4a8", "int4 per-channel weights, dynamic per-token int8 activations", INT4_W, INT8_A))
+_add(Scheme("w4a4", "int4 per-channel weights, dynamic per-token int4 activations", INT4_W,
+            QuantFormat("int", 4, True, PER_TOKEN)))
+_add(Scheme("mxfp4", "MXFP4 weights and activations (E2M1, blocks of 32, power-of-two scales; OCP MX v1.0)",
+            QuantFormat("mxfp4", 4, True, per_group(32)), QuantFormat("mxfp4", 4, True, per_group(32))))
+_add(Scheme("nvfp4", "NVFP4 weights and activations (E2M1, blocks of 16, FP8-E4M3 block scales x FP32 tensor scale)",
+            QuantFormat("nvfp4", 4, True, per_group(16)), QuantFormat("nvfp4", 4, True, per_group(16))))
+_add(Scheme("nf4", "NF4 weights (QLoRA normal-float levels, blocks of 64), activations in high precision",
+            QuantFormat("nf4", 4, True, per_group(64))))
+_add(Scheme("fp4", "bitsandbytes FP4 weights (blocks of 64), activations in high precision",
+            QuantFormat("fp4", 4, True, per_group(64))))
+_add(Scheme("fp8", "FP8-E4M3 per-channel weights and per-token activations (a reference point)",
+            QuantFormat("fp8", 8, True, PER_CHANNEL), QuantFormat("fp8", 8, True, PER_TOKEN)))
 
 
 def get_scheme(name: str) -> Scheme:
-    return SCHEMES.get(name)
+    """A scheme by name; ``NAME+kvB`` adds B-bit k/v quantization (e.g. ``w4a4+kv4``)."""
+    base, _, kv = name.partition("+kv")
+    scheme = SCHEMES.get(base)
+    if kv:
+        if not kv.isdigit():
+            raise QsinkError(f"bad KV suffix in {name!r}; write e.g. {base}+kv8")
+        try:
+            return scheme.with_kv(int(kv))
+        except ValueError as e:
+            raise QsinkError(f"{name}: {e}") from None
+    return scheme

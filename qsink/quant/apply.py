@@ -1,0 +1,111 @@
+"""The one model-surgery entry point: :func:`quantize_`.
+
+Example:
+    >>> report = quantize_(model, get_scheme("w4a4"), "hadamard", calib=windows, tokenizer=tok)  # doctest: +SKIP
+    >>> report["sqnr_db_mean"]                                                                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch.nn as nn
+
+from qsink.data.windows import Windows
+from qsink.errors import QsinkError
+from qsink.models.adapter import adapter_for
+from qsink.quant.calibration import run_windows
+from qsink.quant.handling import HANDLERS, Handler
+from qsink.quant.qlinear import QLinear, QuantContext
+from qsink.quant.schemes import QuantFormat, Scheme, per_group
+
+
+def make_handler(handling: str, options: dict | None = None) -> Handler:
+    cls = HANDLERS.get(handling)
+    try:
+        return cls(**(options or {}))
+    except TypeError as e:
+        raise QsinkError(f"bad options for {handling}: {e}") from None
+
+
+def check_combination(scheme: Scheme, handling: str, options: dict | None = None) -> Handler:
+    """Reject a scheme x handling combination that makes no sense, before any compute."""
+    handler = make_handler(handling, options)
+    if scheme.name == "fp" and handling != "none":
+        raise QsinkError(f"fp quantizes nothing, so {handling} has nothing to protect; evaluate fp with --handling none")
+    handler.check(scheme)
+    return handler
+
+
+def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none", calib: Windows | None = None,
+              tokenizer=None, options: dict | None = None, sqnr: bool = True, batch_size: int = 4) -> dict:
+    """Quantize ``model`` in place: every linear layer in its blocks becomes a :class:`QLinear`.
+
+    Embeddings and ``lm_head`` stay in high precision. ``calib`` windows (from a training split)
+    feed calibration-based methods, static scales and the per-linear SQNR. Returns a report for the
+    record. The model's ``qsink_quant_context`` attribute switches all QLinears between modes.
+    """
+    handler = handling if isinstance(handling, Handler) else check_combination(scheme, handling, options)
+    handler.tokenizer = tokenizer
+    needs_calib = handler.needs_calibration or scheme.act_static
+    if needs_calib and calib is None:
+        raise QsinkError(f"{scheme.name} with {handler.name} needs calibration windows")
+    ad = adapter_for(model)
+    t0 = time.perf_counter()
+    handler.prepare(model, ad, calib, scheme)
+    ctx = QuantContext()
+    kv = None
+    if scheme.kv is not None:
+        head_dim = getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
+        kv = QuantFormat(scheme.kv.dtype, scheme.kv.bits, scheme.kv.symmetric, per_group(head_dim))
+    qlinears: dict[str, QLinear] = {}
+    for l, block in enumerate(ad.blocks(model)):
+        for name, lin in list(ad.linears(block).items()):
+            is_kv = kv is not None and name.rsplit(".", 1)[-1] in ("k_proj", "v_proj")
+            q = QLinear.from_float(lin, f"{l}.{name}", ctx, scheme.weight, scheme.act, out_fmt=kv if is_kv else None,
+                                   act_static=scheme.act_static, **handler.linear_options(l, name))
+            ad.set_module(block, name, q)
+            qlinears[q.name] = q
+    model.qsink_quant_context = ctx
+    model.qsink_hooks = handler.install(model, ctx)
+    if needs_calib or (sqnr and calib is not None):
+        ctx.mode = "calibrate"
+        run_windows(model, calib, batch_size)
+        if scheme.act_static:
+            for q in qlinears.values():
+                q.set_static_scale()
+        handler.after_calibration(qlinears)
+        for q in qlinears.values():
+            q.calib_rows = []
+    sqnr_by_linear = {}
+    if sqnr and calib is not None:
+        ctx.mode = "sqnr"
+        run_windows(model, calib, batch_size)
+        sqnr_by_linear = {n: q.sqnr_db for n, q in qlinears.items()}
+    ctx.mode = "quant"
+    ctx.kept_tokens = ctx.seen_tokens = 0
+    finite = [v for v in sqnr_by_linear.values() if v is not None and math.isfinite(v)]
+    return {
+        "scheme": scheme.to_dict(),
+        "handling": {"name": handler.name, **handler.report()},
+        "n_linears": len(qlinears),
+        "prepare_s": time.perf_counter() - t0,
+        "calibration": None if calib is None else {"data": calib.data_name, "n_windows": calib.n_windows, "ctx": calib.ctx},
+        "sqnr_db": sqnr_by_linear,
+        "sqnr_db_mean": sum(finite) / len(finite) if finite else None,
+        "sqnr_db_min": min(finite) if finite else None,
+        "sqnr_db_min_linear": min((v, n) for n, v in sqnr_by_linear.items() if v is not None)[1] if finite else None,
+    }
+
+
+def set_mode(model: nn.Module, mode: str) -> None:
+    """Switch a quantized model's QLinears: 'quant', 'off', 'calibrate' or 'sqnr'."""
+    model.qsink_quant_context.mode = mode
+
+
+def kept_token_fraction(model: nn.Module) -> dict | None:
+    ctx = getattr(model, "qsink_quant_context", None)
+    if ctx is None or ctx.seen_tokens == 0:
+        return None
+    return {"kept_tokens": ctx.kept_tokens, "seen_tokens": ctx.seen_tokens, "fraction": ctx.kept_tokens / ctx.seen_tokens}

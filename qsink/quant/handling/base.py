@@ -1,0 +1,65 @@
+"""The outlier-handling interface and its registry."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from qsink.errors import QsinkError
+from qsink.registry import Registry
+
+
+class Handler:
+    """One outlier-handling method. Subclasses override what they need:
+
+    * :meth:`check` rejects a scheme it cannot serve, with a reason, before any compute;
+    * :meth:`prepare` edits the fp model in a function-preserving way (rotations, scalings) or
+      finds what it needs from calibration data, before linears are replaced;
+    * :meth:`linear_options` adds per-linear options to ``QLinear``;
+    * :meth:`install` adds forward hooks to the model (returns the handles to keep);
+    * :meth:`after_calibration` runs once the calibration pass has filled each QLinear's statistics;
+    * :meth:`report` says what it did, for the record.
+    """
+
+    name = "none"
+    description = "no outlier handling"
+    needs_calibration = False
+    tokenizer = None  # set by quantize_ before prepare()
+
+    def __init__(self, **options):
+        if options:
+            raise QsinkError(f"handling {self.name!r} takes no options (got {', '.join(options)})")
+
+    def check(self, scheme) -> None:
+        pass
+
+    def prepare(self, model: nn.Module, adapter, calib, scheme) -> None:
+        pass
+
+    def linear_options(self, layer: int, name: str) -> dict:
+        return {}
+
+    def install(self, model: nn.Module, ctx) -> list:
+        return []
+
+    def after_calibration(self, qlinears: dict) -> None:
+        pass
+
+    def report(self) -> dict:
+        return {}
+
+
+HANDLERS: Registry[type[Handler]] = Registry("outlier-handling method")
+
+
+def register(cls: type[Handler]) -> type[Handler]:
+    HANDLERS.add(cls.name, cls)
+    return cls
+
+
+def needs_acts(handler: Handler, scheme) -> None:
+    if scheme.act is None:
+        raise QsinkError(f"{handler.name} protects activation quantization, and {scheme.name} quantizes no activations; "
+                         "drop the combination or pick a scheme with activation quantization")
+
+
+register(Handler)

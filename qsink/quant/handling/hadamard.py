@@ -1,0 +1,84 @@
+"""Hadamard rotation of the residual stream, folded into the weights (QuaRot, arXiv 2404.00456).
+
+1. Each RMSNorm's scale is fused into the linears that read it (and the final norm's into
+   ``lm_head``), leaving scale-free norms, which commute with orthogonal maps.
+2. With the row-vector residual ``h -> h Q`` for a seeded random Hadamard ``Q`` (orthogonal):
+   the embedding becomes ``E Q``; linears reading the residual ``W Q``; linears writing it
+   ``Q^T W``; ``lm_head`` ``W Q`` (tied embeddings are untied first).
+3. An online Hadamard ``H`` rotates the input of down_proj at run time (its weight becomes
+   ``W H``), which spreads the FFN's intermediate outliers before activation quantization.
+
+Without quantization the model computes the same function (tested to 1e-4). Sizes that are not
+powers of two use Paley constructions (:mod:`qsink.quant.hadamard`). QuaRot's per-head rotation
+of v/o is not applied.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qsink.quant.hadamard import apply_hadamard, hadamard_factors, random_hadamard
+from qsink.quant.handling.base import Handler, register
+
+
+@register
+class Hadamard(Handler):
+    name = "hadamard"
+    description = "randomized Hadamard rotation of the residual stream folded into weights, online Hadamard before down_proj (QuaRot)"
+
+    def __init__(self, seed: int = 0, online: bool = True):
+        self.seed, self.online = int(seed), bool(online)
+        self.ffn_pair = None
+
+    @torch.no_grad()
+    def prepare(self, model, adapter, calib, scheme) -> None:
+        adapter.require_rewrites(self.name)
+        blocks = adapter.blocks(model)
+        D = model.config.hidden_size
+        hadamard_factors(D)  # refuse an impossible size before touching weights
+        # untie lm_head from the embedding: they receive different transforms
+        emb, head = adapter.embedding(model), model.get_output_embeddings()
+        if head.weight is emb.weight or head.weight.data_ptr() == emb.weight.data_ptr():
+            head.weight = torch.nn.Parameter(emb.weight.detach().clone())
+            model.config.tie_word_embeddings = False
+            if hasattr(model, "_tied_weights_keys"):
+                model._tied_weights_keys = None
+        # 1. fuse norm scales into readers
+        for block in blocks:
+            for norm_path, readers in adapter.norm_groups:
+                norm = adapter.module(block, norm_path)
+                for r in readers:
+                    lin = adapter.module(block, r)
+                    lin.weight.mul_(norm.weight.to(lin.weight.dtype)[None, :])
+                norm.weight.fill_(1.0)
+        final = adapter.final_norm(model)
+        head.weight.mul_(final.weight.to(head.weight.dtype)[None, :])
+        final.weight.fill_(1.0)
+        # 2. rotate the residual stream
+        Q = random_hadamard(D, self.seed)
+        emb.weight.copy_((emb.weight.double() @ Q).to(emb.weight.dtype))
+        for block in blocks:
+            for _, readers in adapter.norm_groups:
+                for r in readers:
+                    lin = adapter.module(block, r)
+                    lin.weight.copy_((lin.weight.double() @ Q).to(lin.weight.dtype))
+            for w in adapter.residual_writers:
+                lin = adapter.module(block, w)
+                lin.weight.copy_((Q.T @ lin.weight.double()).to(lin.weight.dtype))
+                if lin.bias is not None:
+                    lin.bias.copy_((lin.bias.double() @ Q).to(lin.bias.dtype))
+        head.weight.copy_((head.weight.double() @ Q).to(head.weight.dtype))
+        # 3. online Hadamard in front of down_proj: W <- W H, input x <- x H
+        if self.online and adapter.ffn_pair:
+            self.ffn_pair = adapter.ffn_pair
+            for block in blocks:
+                down = adapter.module(block, adapter.ffn_pair[1])
+                down.weight.copy_(apply_hadamard(down.weight.double()).to(down.weight.dtype))
+
+    def linear_options(self, layer: int, name: str) -> dict:
+        if self.ffn_pair and name == self.ffn_pair[1]:
+            return {"input_transform": apply_hadamard, "transform_name": "hadamard"}
+        return {}
+
+    def report(self) -> dict:
+        return {"seed": self.seed, "online_down_proj": self.online}

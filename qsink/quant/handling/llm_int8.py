@@ -1,0 +1,36 @@
+"""LLM.int8 mixed-precision decomposition (Dettmers et al. 2022, arXiv 2208.07339).
+
+In each forward, input feature columns whose magnitude exceeds ``threshold`` anywhere in the batch
+stay in high precision (with the matching weight columns); the rest go through the scheme's int8
+quantizers. Only meaningful for int8 activations.
+"""
+
+from __future__ import annotations
+
+from qsink.errors import QsinkError
+from qsink.quant.handling.base import Handler, register
+
+
+@register
+class LLMInt8(Handler):
+    name = "llm-int8"
+    description = "mixed precision: input columns above a threshold (6.0) stay fp, the rest int8 (arXiv 2208.07339)"
+
+    def __init__(self, threshold: float = 6.0):
+        self.threshold = float(threshold)
+        self.qlinears = {}
+
+    def check(self, scheme) -> None:
+        if scheme.act is None or scheme.act.dtype != "int" or scheme.act.bits != 8:
+            raise QsinkError(f"llm-int8 decomposes int8 activation matmuls, and {scheme.name} has "
+                             f"{'no activation quantization' if scheme.act is None else str(scheme.act) + ' activations'}; "
+                             "use it with w8a8, w8a8-static or w4a8")
+
+    def linear_options(self, layer: int, name: str) -> dict:
+        return {"outlier_threshold": self.threshold}
+
+    def after_calibration(self, qlinears: dict) -> None:
+        self.qlinears = qlinears
+
+    def report(self) -> dict:
+        return {"threshold": self.threshold}
