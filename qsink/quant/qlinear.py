@@ -47,6 +47,7 @@ class QLinear(nn.Module):
         self.weight_fmt, self.act_fmt, self.out_fmt = weight_fmt, act_fmt, out_fmt
         self.input_transform, self.transform_name = input_transform, transform_name
         self.outlier_threshold = outlier_threshold
+        self.outlier_weights_fp = True  # LLM.int8 as published; False: int8 weights everywhere (bitsandbytes inference)
         self.act_static = act_static
         self.weight_clip = 1.0
         self.act_clip = 1.0
@@ -104,7 +105,8 @@ class QLinear(nn.Module):
             cols = x.abs().amax(dim=tuple(range(x.dim() - 1))) > self.outlier_threshold  # (in,)
             self.outlier_columns_seen = max(self.outlier_columns_seen, int(cols.sum()))
             xq = torch.where(cols, x, self.quantize_input(x * ~cols))
-            w = torch.where(cols[None, :], self.weight_fp, w)
+            if self.outlier_weights_fp:
+                w = torch.where(cols[None, :], self.weight_fp, w)
         else:
             xq = self.quantize_input(x)
         mask = self.ctx.keep_mask

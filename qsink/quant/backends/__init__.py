@@ -1,0 +1,1 @@
+"""Real-kernel backends, held against qsink's fake quantization in tests."""
