@@ -44,7 +44,8 @@ def bnb_linear(linear: nn.Linear, kind: str, threshold: float | None) -> nn.Modu
     else:
         m = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
                               quant_type=kind, compute_dtype=torch.float32)
-        m.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type=kind, blocksize=64)
+        m.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type=kind, blocksize=64,
+                                     compress_statistics=False)  # no double quantization of the scales
     if linear.bias is not None:
         m.bias = nn.Parameter(linear.bias.detach().float().clone(), requires_grad=False)
     return m.to(linear.weight.device).eval()
