@@ -44,12 +44,16 @@ def _progress() -> Progress:
 @app.command()
 def evaluate(
     models: List[str] = typer.Argument(..., help="Built-in names, .gguf files or Hugging Face checkpoint directories."),
-    scheme: List[str] = typer.Option(["fp"], "--scheme", "-s", help="Scheme name(s), comma-separated or repeated; 'qsink schemes' lists them."),
+    scheme: List[str] = typer.Option(["fp"], "--scheme", "-s", help="Scheme name(s), comma-separated or repeated; 'qsink schemes' lists them. NAME+kvB adds B-bit k/v quantization."),
+    handling: List[str] = typer.Option(["none"], "--handling", help="Outlier-handling method(s), comma-separated or repeated."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Corpus NAME[:SPLIT] (default austen:test) or hf:NAME[:CONFIG]."),
     text: Optional[Path] = typer.Option(None, "--text", help="Evaluate on this UTF-8 text file instead of a corpus."),
     ctx: int = typer.Option(512, "--ctx", help="Tokens per window."),
     max_tokens: int = typer.Option(12288, "--max-tokens", help="Text tokens to use (0 = the whole text)."),
     batch_size: int = typer.Option(4, "--batch-size", help="Windows per forward pass."),
+    calib: int = typer.Option(4, "--calib", help="Calibration windows for quantized cells (seeded, from --calib-data)."),
+    calib_data: str = typer.Option("austen:train", "--calib-data", help="Calibration corpus NAME[:SPLIT]; never the test split."),
+    backend: str = typer.Option("fake", "--backend", help="fake (qsink's fake quantization) or bnb (bitsandbytes kernels)."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     seed: int = typer.Option(0, "--seed"),
@@ -57,40 +61,49 @@ def evaluate(
     force: bool = typer.Option(False, "--force", help="Recompute cells whose record already exists."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow custom model code from a checkpoint directory."),
 ) -> None:
-    """Perplexity (and bits per byte) of each model under each scheme; one JSON record per cell."""
+    """Perplexity of each model under each scheme x outlier handling (fp once); one JSON record per cell."""
     from qsink.data import resolve_data
     from qsink.evaluate import EvalSettings, run_cells
+    from qsink.evaluate.runner import plan_cells
     from qsink.models import resolve
-    from qsink.quant import get_scheme
     from qsink.results import RecordStore
 
-    schemes = _split_names(scheme)
-    for name in schemes:
-        get_scheme(name)  # unknown names fail before anything is read
-    if batch_size < 1:
-        raise QsinkError("--batch-size must be at least 1")
+    if backend not in ("fake", "bnb"):
+        raise QsinkError(f"unknown backend {backend!r}; use fake or bnb")
+    if batch_size < 1 or calib < 1:
+        raise QsinkError("--batch-size and --calib must be at least 1")
+    cells, dropped = plan_cells(_split_names(scheme), _split_names(handling), backend)  # before anything is read
+    for reason in dropped:
+        _log(f"skipping {reason}")
     settings = EvalSettings(ctx=ctx, max_tokens=max_tokens or None, batch_size=batch_size, dtype=dtype, device=device,
-                            seed=seed, trust_remote_code=trust_remote_code, force=force)
+                            seed=seed, calib=calib, calib_data=calib_data, backend=backend,
+                            trust_remote_code=trust_remote_code, force=force)
     store = RecordStore(out_dir)
     store.ensure_writable()
     resolved = [resolve(m) for m in models]  # bad model paths fail before any data is fetched
     corpus = resolve_data(data, str(text) if text else None, log=_log)
+    calib_text = None
+    if any(c.scheme != "fp" for c in cells):
+        if calib_data.endswith(":test"):
+            raise QsinkError("calibration must not read a test split; pass --calib-data with a train or validation split")
+        calib_text = resolve_data(calib_data, None, log=_log)
     with _progress() as progress:
         def factory(desc: str, total: int):
             task = progress.add_task(desc, total=total)
             return lambda n: progress.advance(task, n)
 
-        outcomes = run_cells(resolved, schemes, corpus, settings, store, log=_log, progress_factory=factory)
+        outcomes = run_cells(resolved, cells, corpus, settings, store, calib_text=calib_text, log=_log, progress_factory=factory)
     table = Table(title=f"perplexity on {corpus.name} (ctx {ctx})")
-    for col in ("model", "scheme", "status", "ppl", "bits/byte", "scored", "tok/s"):
-        table.add_column(col, justify="left" if col in ("model", "scheme", "status") else "right")
+    for col in ("model", "cell", "status", "ppl", "Δppl %", "bits/byte", "SQNR dB", "tok/s"):
+        table.add_column(col, justify="left" if col in ("model", "cell", "status") else "right")
     for o in outcomes:
         m, t = o.record["metrics"], o.record["timing"]
         status = "cached" if o.skipped else o.record["status"]
-        table.add_row(o.model, o.scheme, status, f"{m['ppl']:.3f}" if "ppl" in m else "-", f"{m['bpb']:.4f}" if "bpb" in m else "-",
-                      f"{m.get('n_scored', 0):,}", f"{t.get('tokens_per_s', 0):.0f}")
+        fmt = lambda k, f: f.format(m[k]) if m.get(k) is not None else "-"  # noqa: E731
+        table.add_row(o.model, o.cell.label, status, fmt("ppl", "{:.3f}"), fmt("delta_ppl_pct", "{:+.2f}"), fmt("bpb", "{:.4f}"),
+                      fmt("sqnr_db_mean", "{:.1f}"), f"{t.get('tokens_per_s', 0):.0f}")
         if o.record["status"] != "ok":
-            _log(f"{o.model} [{o.scheme}] failed: {o.record['error']}")
+            _log(f"{o.model} [{o.cell.label}] failed: {o.record['error']}")
     out.print(table)
     skipped = sum(o.skipped for o in outcomes)
     if skipped:
@@ -197,7 +210,8 @@ def leaderboard_cmd(
         df.to_csv(tmp, index=False)
         os.replace(tmp, csv)
     table = Table(title=f"leaderboard ({len(df)} records in {results})")
-    shown = ["model", "scheme", "data", "ctx", "status", "ppl", "bpb", "tokens_per_s"]
+    shown = [c for c in ("model", "scheme", "handling", "data", "ctx", "status", "ppl", "delta_ppl_pct", "bpb", "sqnr_db_mean",
+                         "tokens_per_s") if c in df.columns]
     for col in shown:
         table.add_column(col)
     for _, row in df.iterrows():
@@ -229,14 +243,21 @@ def models_cmd() -> None:
 
 @app.command("schemes")
 def schemes_cmd() -> None:
-    """List the quantization schemes."""
-    from qsink.quant import SCHEMES
+    """List the quantization schemes and the outlier-handling methods."""
+    from qsink.quant import HANDLERS, SCHEMES
 
     table = Table(title="schemes")
+    for col in ("name", "weights", "activations", "description"):
+        table.add_column(col)
+    for name, s in SCHEMES.items():
+        act = "-" if s.act is None else f"{s.act}{' static' if s.act_static else ''}"
+        table.add_row(name, str(s.weight) if s.weight else "-", act, s.description)
+    out.print(table)
+    table = Table(title="outlier handling (--handling)")
     table.add_column("name")
     table.add_column("description")
-    for name, s in SCHEMES.items():
-        table.add_row(name, s.description)
+    for name, cls in HANDLERS.items():
+        table.add_row(name, cls.description)
     out.print(table)
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import torch
 import pytest
 
 from qsink.cli import main
@@ -59,7 +60,7 @@ def test_listing_commands(capsys):
     code, out, _ = run(["models"], capsys)
     assert code == 0 and "smollm2-135m" in out and "Q4_1" in out
     code, out, _ = run(["schemes"], capsys)
-    assert code == 0 and "fp" in out
+    assert code == 0 and "w8a8-static" in out and "nvfp4" in out and "smoothquant" in out and "token-keep" in out
     code, out, _ = run(["data", "list"], capsys)
     assert code == 0 and "r-cran-janeaustenr" in out
 
@@ -150,3 +151,60 @@ def test_measure_bad_inputs(tiny_model_dir, sample_text_file, tmp_path, capsys):
     assert code == 2 and err.startswith("error: model")
     code, _, err = run(["measure", str(tiny_model_dir), "--text", str(sample_text_file), "--samples", "0"], capsys)
     assert code == 2 and "--samples" in err
+
+
+def test_matrix_of_schemes_and_handling(tiny_model_dir, sample_text_file, tmp_path, capsys):
+    out = tmp_path / "matrix"
+    args = ["evaluate", str(tiny_model_dir), "--text", str(sample_text_file), "--ctx", "32", "--max-tokens", "128",
+            "--scheme", "w8a8,w4a4", "--handling", "none,hadamard,llm-int8", "--calib", "2", "--calib-data", "austen:validation",
+            "--out", str(out)]
+    code, stdout, stderr = run(args, capsys)
+    assert code == 0, stderr
+    assert "skipping w4a4+llm-int8" in stderr
+    recs = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    cells = sorted((r["identity"]["scheme"], r["identity"]["handling"]) for r in recs)
+    assert cells == [("fp", "none"), ("w4a4", "hadamard"), ("w4a4", "none"), ("w8a8", "hadamard"), ("w8a8", "llm-int8"), ("w8a8", "none")]
+    fp = next(r for r in recs if r["identity"]["scheme"] == "fp")
+    for r in recs:
+        assert r["status"] == "ok"
+        if r["identity"]["scheme"] != "fp":
+            m = r["metrics"]
+            assert m["fp_ppl"] == fp["metrics"]["ppl"]
+            assert m["delta_ppl"] == pytest.approx(m["ppl"] - fp["metrics"]["ppl"])
+            assert m["sqnr_db_mean"] is not None and len(r["config"]["quant"]["sqnr_db"]) == 14
+            assert "austen:validation" in r["config"]["quant"]["calibration"]["data"]
+    csv = tmp_path / "m.csv"
+    code, _, _ = run(["leaderboard", "--results", str(out), "--csv", str(csv)], capsys)
+    df = pd.read_csv(csv)
+    assert len(df) == 6 and {"handling", "delta_ppl_pct", "sqnr_db_mean"} <= set(df.columns)
+    assert not any(c.startswith("config.quant.sqnr_db.") for c in df.columns)
+
+
+def test_incompatible_single_pair_and_test_calibration_are_refused(tiny_model_dir, sample_text_file, tmp_path, capsys):
+    base = ["evaluate", str(tiny_model_dir), "--text", str(sample_text_file), "--out", str(tmp_path / "x")]
+    code, _, err = run(base + ["--scheme", "w4a16", "--handling", "smoothquant"], capsys)
+    assert code == 2 and "quantizes no activations" in err
+    code, _, err = run(base + ["--scheme", "w8a8", "--calib-data", "austen:test"], capsys)
+    assert code == 2 and "must not read a test split" in err
+    code, _, err = run(base + ["--scheme", "w8a8", "--backend", "bnb", "--handling", "hadamard"], capsys)
+    assert code == 2 and "bnb backend implements" in err
+    assert not (tmp_path / "x").exists() or not list((tmp_path / "x").glob("*.json"))
+
+
+def test_a_failing_model_is_recorded_and_the_matrix_goes_on(tiny_model_dir, sample_text_file, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    tensors = load_file(broken / "model.safetensors")
+    key = next(k for k in tensors if "down_proj" in k)
+    tensors[key] = torch.full_like(tensors[key], float("nan"))
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "runs"
+    code, _, err = run(["evaluate", str(broken), str(tiny_model_dir), "--text", str(sample_text_file), "--ctx", "32",
+                        "--max-tokens", "64", "--out", str(out)], capsys)
+    assert code == 0
+    recs = {json.loads(p.read_text())["config"]["model"]["name"]: json.loads(p.read_text()) for p in out.glob("*.json")}
+    assert recs["broken"]["status"] == "failed" and "non-finite" in recs["broken"]["error"]
+    assert recs["tiny-llama"]["status"] == "ok"
+    assert "broken [fp] failed" in err

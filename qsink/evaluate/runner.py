@@ -1,12 +1,16 @@
-"""Run evaluation cells (model x scheme on one text) and write one record per cell.
+"""Run evaluation cells (model x scheme x outlier handling on one text), one record per cell.
 
-Everything that can be checked is checked before any compute: scheme names, the results
-directory, model files. A cell whose ``ok`` record exists is skipped unless ``force``; records
-are written atomically, so an interrupted run leaves only complete records behind.
+Everything that can be checked is checked before any compute: scheme and handling names and their
+combinations, the results directory, model files. For each model the fp cell is evaluated first
+(it is the reference of every delta); each quantized cell starts from a fresh copy of the loaded fp
+model. A cell whose ``ok`` record exists is skipped unless ``force``; a cell that fails (a
+non-finite loss, say) is recorded as failed with its reason and the others go on. Records are
+written atomically, so an interrupted run leaves only complete records behind.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +23,9 @@ from qsink.data.windows import make_windows
 from qsink.errors import QsinkError
 from qsink.evaluate.perplexity import perplexity
 from qsink.models import ResolvedModel, check_ctx, load, resolve
-from qsink.quant.schemes import get_scheme
+from qsink.quant import check_combination, get_scheme, quantize_
+from qsink.quant.apply import kept_token_fraction
+from qsink.quant.calibration import calibration_windows
 from qsink.results.record import cell_key, make_record
 from qsink.results.store import RecordStore
 
@@ -32,46 +38,94 @@ class EvalSettings:
     dtype: str = "fp32"
     device: str = "auto"
     seed: int = 0
+    calib: int = 4  # calibration windows (from calib_data, never the test split)
+    calib_data: str = "austen:train"
+    backend: str = "fake"  # "fake" (qsink's QLinear) or "bnb" (bitsandbytes kernels)
     trust_remote_code: bool = False
     force: bool = False  # recompute cells whose record exists
+
+
+@dataclass(frozen=True)
+class Cell:
+    scheme: str
+    handling: str = "none"
+
+    @property
+    def label(self) -> str:
+        return self.scheme if self.handling == "none" else f"{self.scheme}+{self.handling}"
 
 
 @dataclass
 class CellOutcome:
     model: str
-    scheme: str
+    cell: Cell
     path: Path
     record: dict
     skipped: bool  # found an existing record
 
 
-def identity(model_sha: str, scheme: dict, text: Text, s: EvalSettings) -> dict:
-    return {"model_sha256": model_sha, "scheme": scheme["name"], "scheme_config": scheme, "data_sha256": text.sha256,
-            "ctx": s.ctx, "max_tokens": s.max_tokens, "dtype": s.dtype, "seed": s.seed}
+def plan_cells(schemes: list[str], handlings: list[str], backend: str = "fake") -> tuple[list[Cell], list[str]]:
+    """The cross product with fp once and incompatible pairs dropped, and why each was dropped.
+
+    A single requested pair that is incompatible is an error (nothing else would run)."""
+    for s in schemes:
+        get_scheme(s)
+    cells, dropped = [Cell("fp")], []
+    for s in schemes:
+        for h in handlings:
+            if s == "fp" or Cell(s, h) in cells:
+                continue
+            try:
+                check_combination(get_scheme(s), h)
+                if backend == "bnb":
+                    from qsink.quant.backends.bnb import check
+
+                    check(s, h)
+            except QsinkError as e:
+                if len(schemes) * len(handlings) == 1:
+                    raise
+                dropped.append(f"{s}+{h}: {e}")
+                continue
+            cells.append(Cell(s, h))
+    return cells, dropped
+
+
+def identity(model_sha: str, cell: Cell, text: Text, s: EvalSettings, calib_sha: str | None) -> dict:
+    scheme = get_scheme(cell.scheme).to_dict()
+    ident = {"model_sha256": model_sha, "scheme": cell.scheme, "handling": cell.handling, "scheme_config": scheme,
+             "data_sha256": text.sha256, "ctx": s.ctx, "max_tokens": s.max_tokens, "dtype": s.dtype, "seed": s.seed}
+    if cell.scheme != "fp":
+        ident.update(calib=s.calib, calib_data=s.calib_data, calib_sha256=calib_sha, backend=s.backend)
+    return ident
 
 
 def run_cells(
     model_specs: list[str | ResolvedModel],
-    scheme_names: list[str],
+    cells: list[Cell],
     text: Text,
     settings: EvalSettings,
     store: RecordStore,
+    calib_text: Text | None = None,
     log: Callable[[str], None] = print,
     progress_factory: Callable[[str, int], Callable[[int], None]] | None = None,
 ) -> list[CellOutcome]:
-    schemes = [get_scheme(n).to_dict() for n in scheme_names]
     store.ensure_writable()
     resolved = [resolve(spec) for spec in model_specs]
+    if any(c.scheme != "fp" for c in cells) and calib_text is None:
+        raise QsinkError("quantized cells need calibration text")
+    calib_sha = calib_text.sha256 if calib_text else None
     outcomes: list[CellOutcome] = []
     for res in resolved:
-        todo = []
-        for scheme in schemes:
-            ident = identity(res.sha256, scheme, text, settings)
+        todo, fp_record = [], None
+        for cell in cells:
+            ident = identity(res.sha256, cell, text, settings, calib_sha)
             found = None if settings.force else store.find_ok(cell_key(ident))
             if found:
-                outcomes.append(CellOutcome(res.name, scheme["name"], found[0], found[1], skipped=True))
+                outcomes.append(CellOutcome(res.name, cell, found[0], found[1], skipped=True))
+                if cell.scheme == "fp":
+                    fp_record = found[1]
             else:
-                todo.append((scheme, ident))
+                todo.append((cell, ident))
         if not todo:
             continue
         torch.manual_seed(settings.seed)
@@ -79,27 +133,59 @@ def run_cells(
                                 trust_remote_code=settings.trust_remote_code, log=log)
         check_ctx(model, settings.ctx, res.name)
         windows = make_windows(tokenizer, text, settings.ctx, settings.max_tokens)
-        for scheme, ident in todo:
-            on_batch = progress_factory(f"{res.name} · {scheme['name']}", windows.n_windows) if progress_factory else None
-            t0 = time.perf_counter()
-            config = {
-                "model": {**res.to_dict(), "family": model.config.model_type,
-                          "n_params": sum(p.numel() for p in model.parameters()),
-                          "n_layers": getattr(model.config, "num_hidden_layers", None)},
-                "scheme": scheme,
-                "data": windows.describe(),
-                "eval": {k: v for k, v in asdict(settings).items() if k not in ("force",)}
-                | {"device": str(next(model.parameters()).device)},
-            }
-            try:
-                result = perplexity(model, tokenizer, windows, settings.batch_size, on_batch=on_batch)
-            except QsinkError as e:
-                record = make_record(ident, config, None, {"wall_s": time.perf_counter() - t0}, status="failed", error=str(e))
-            else:
-                metrics = result.to_dict()
-                timing = {"wall_s": metrics.pop("wall_s"), "tokens_per_s": metrics.pop("tokens_per_s")}
-                record = make_record(ident, config, metrics, timing)
-            path = store.write(record, f"{res.name}__{scheme['name']}")
-            outcomes.append(CellOutcome(res.name, scheme["name"], path, record, skipped=False))
+        calib = None
+        if calib_text is not None and any(c.scheme != "fp" for c, _ in todo):
+            calib = calibration_windows(tokenizer, calib_text, settings.calib, settings.ctx, settings.seed)
+        for cell, ident in todo:
+            record = _run_cell(res, cell, ident, model, tokenizer, windows, calib, settings, fp_record, progress_factory)
+            if cell.scheme == "fp" and record["status"] == "ok":
+                fp_record = record
+            path = store.write(record, f"{res.name}__{cell.label}")
+            outcomes.append(CellOutcome(res.name, cell, path, record, skipped=False))
         del model
     return outcomes
+
+
+def _run_cell(res, cell, ident, fp_model, tokenizer, windows, calib, settings, fp_record, progress_factory) -> dict:
+    scheme = get_scheme(cell.scheme)
+    on_batch = progress_factory(f"{res.name} · {cell.label}", windows.n_windows) if progress_factory else None
+    config = {
+        "model": {**res.to_dict(), "family": fp_model.config.model_type,
+                  "n_params": sum(p.numel() for p in fp_model.parameters()),
+                  "n_layers": getattr(fp_model.config, "num_hidden_layers", None)},
+        "scheme": scheme.to_dict(),
+        "handling": cell.handling,
+        "data": windows.describe(),
+        "eval": {k: v for k, v in asdict(settings).items() if k != "force"} | {"device": str(next(fp_model.parameters()).device)},
+    }
+    t0 = time.perf_counter()
+    quant_report = None
+    try:
+        model = fp_model
+        if cell.scheme != "fp":
+            model = copy.deepcopy(fp_model)
+            if settings.backend == "bnb":
+                from qsink.quant.backends.bnb import to_bnb_
+
+                quant_report = to_bnb_(model, cell.scheme, cell.handling)
+            else:
+                quant_report = quantize_(model, scheme, cell.handling, calib, tokenizer, batch_size=settings.batch_size)
+        prep_s = time.perf_counter() - t0
+        result = perplexity(model, tokenizer, windows, settings.batch_size, on_batch=on_batch)
+    except QsinkError as e:
+        return make_record(ident, config, None, {"wall_s": time.perf_counter() - t0}, status="failed", error=str(e))
+    metrics = result.to_dict()
+    timing = {"wall_s": metrics.pop("wall_s"), "tokens_per_s": metrics.pop("tokens_per_s"), "prepare_s": prep_s}
+    if fp_record is not None and "ppl" in fp_record.get("metrics", {}):
+        fp = fp_record["metrics"]
+        metrics.update(fp_ppl=fp["ppl"], delta_ppl=metrics["ppl"] - fp["ppl"],
+                       delta_ppl_pct=100 * (metrics["ppl"] - fp["ppl"]) / fp["ppl"], delta_bpb=metrics["bpb"] - fp["bpb"])
+    if quant_report is not None:
+        config["quant"] = quant_report
+        for k in ("sqnr_db_mean", "sqnr_db_min", "sqnr_db_min_linear"):
+            if k in quant_report:
+                metrics[k] = quant_report[k]
+        kept = kept_token_fraction(model)
+        if kept:
+            metrics.update(kept_tokens=kept["kept_tokens"], kept_token_fraction=kept["fraction"])
+    return make_record(ident, config, metrics, timing)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-FRONT = ["model", "scheme", "data", "ctx", "status", "ppl", "bpb", "nll", "n_scored", "tokens_per_s", "wall_s"]
+FRONT = ["model", "scheme", "handling", "data", "ctx", "status", "ppl", "delta_ppl", "delta_ppl_pct", "bpb",
+         "sqnr_db_mean", "sqnr_db_min", "kept_token_fraction", "nll", "n_scored", "tokens_per_s", "wall_s"]
+NOT_FLATTENED = ("sqnr_db",)  # per-linear dicts stay in the record, not in columns
 
 
 def flatten(record: dict) -> dict:
@@ -12,6 +14,7 @@ def flatten(record: dict) -> dict:
     row = {
         "model": record["config"]["model"]["name"],
         "scheme": record["identity"]["scheme"],
+        "handling": record["identity"].get("handling", "none"),
         "data": record["config"]["data"]["data_name"],
         "ctx": record["identity"]["ctx"],
         "status": record["status"],
@@ -21,7 +24,10 @@ def flatten(record: dict) -> dict:
     }
     row.update(record.get("metrics", {}))
     row.update(record.get("timing", {}))
-    nested = pd.json_normalize({"config": record["config"], "env": record["env"]}, sep=".").iloc[0].to_dict()
+    config = dict(record["config"])
+    if isinstance(config.get("quant"), dict):
+        config["quant"] = {k: v for k, v in config["quant"].items() if k not in NOT_FLATTENED}
+    nested = pd.json_normalize({"config": config, "env": record["env"]}, sep=".").iloc[0].to_dict()
     row.update(nested)
     return row
 
