@@ -63,6 +63,41 @@ def bench_measure(model, tok, text, samples: int = 16, ctx: int = 512, repeats: 
     }
 
 
+def bench_quant(model, tok, text, calib_text, cells=(("w8a8", "none"), ("w4a4", "hadamard")), windows_n: int = 8,
+                ctx: int = 512, repeats: int = 2, batch_size: int = 4, log=print) -> dict:
+    """Perplexity wall time of each quantized cell / fp, on the same windows (preparation excluded)."""
+    import copy
+
+    from qsink.evaluate.perplexity import perplexity
+    from qsink.quant import get_scheme, quantize_
+    from qsink.quant.calibration import calibration_windows
+
+    windows = make_windows(tok, text, ctx, max_tokens=windows_n * ctx)
+    calib = calibration_windows(tok, calib_text, 4, ctx)
+    models = {"fp": model}
+    for scheme, handling in cells:
+        m = copy.deepcopy(model)
+        quantize_(m, get_scheme(scheme), handling, calib, tok, sqnr=False)
+        models[f"{scheme}+{handling}"] = m
+    perplexity(model, tok, make_windows(tok, text, ctx, max_tokens=ctx), batch_size)  # warm-up
+    times = {k: [] for k in models}
+    ppl = {}
+    for r in range(repeats):
+        for name, m in models.items():
+            res = perplexity(m, tok, windows, batch_size)
+            times[name].append(res.wall_s)
+            ppl[name] = res.ppl
+            log(f"  pass {r + 1}/{repeats} {name}: {res.wall_s:.1f} s (ppl {res.ppl:.3f})")
+    best = {k: min(v) for k, v in times.items()}
+    return {
+        "benchmark": "quantized_eval_vs_fp", "windows": windows.n_windows, "ctx": ctx, "batch_size": batch_size,
+        "repeats": repeats, "seconds": times, "best_s": best, "ppl": ppl,
+        "ratio": {k: best[k] / best["fp"] for k in best if k != "fp"},
+        "target": {"w8a8+none": "<= 1.3", "w4a4+hadamard": "<= 1.6"},
+        "machine": machine(), "env": env_info(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def write_json(doc: dict, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

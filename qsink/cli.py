@@ -316,6 +316,29 @@ def bench_measure_cmd(
               f"{doc['best_s']['plain_forward_hidden_states']:.1f} s, {samples} x {ctx} tokens); wrote {out_file}", highlight=False)
 
 
+@bench_app.command("quant")
+def bench_quant_cmd(
+    model: str = typer.Argument("smollm2-135m"),
+    windows: int = typer.Option(8, "--windows", "-n"),
+    ctx: int = typer.Option(512, "--ctx"),
+    repeats: int = typer.Option(2, "--repeats"),
+    out_file: Path = typer.Option(Path("results/bench/quant.json"), "--out"),
+) -> None:
+    """Perplexity wall time of w8a8 and w4a4+hadamard / fp on the same windows (targets 1.3 and 1.6)."""
+    from qsink.bench import bench_quant, write_json
+    from qsink.data import load_corpus
+    from qsink.models import load
+
+    m, tok = load(model, log=_log)
+    doc = bench_quant(m, tok, load_corpus("austen", "test", log=_log), load_corpus("austen", "train", log=_log),
+                      windows_n=windows, ctx=ctx, repeats=repeats, log=_log)
+    doc["model"] = model
+    write_json(doc, out_file)
+    for k, v in doc["ratio"].items():
+        out.print(f"{k} / fp = {v:.2f} (best of {repeats}: {doc['best_s'][k]:.1f} s vs {doc['best_s']['fp']:.1f} s)", highlight=False)
+    out.print(f"wrote {out_file}")
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)
