@@ -36,6 +36,17 @@ def _split_names(values: list[str]) -> list[str]:
     return [n.strip() for v in values for n in v.split(",") if n.strip()]
 
 
+def _include(names: list[str], backend: str) -> list[str]:
+    from qsink.quant.apply import INCLUDABLE
+
+    bad = [n for n in names if n not in INCLUDABLE]
+    if bad:
+        raise QsinkError(f"--include takes {', '.join(INCLUDABLE)}, not {', '.join(bad)}")
+    if names and backend != "fake":
+        raise QsinkError("--include works with --backend fake only")
+    return names
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("windows"),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
@@ -54,6 +65,7 @@ def evaluate(
     calib: int = typer.Option(4, "--calib", help="Calibration windows for quantized cells (seeded, from --calib-data)."),
     calib_data: str = typer.Option("austen:train", "--calib-data", help="Calibration corpus NAME[:SPLIT]; never the test split."),
     backend: str = typer.Option("fake", "--backend", help="fake (qsink's fake quantization) or bnb (bitsandbytes kernels)."),
+    include: List[str] = typer.Option([], "--include", help="Also quantize lm_head and/or embed (default: they stay in high precision)."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     seed: int = typer.Option(0, "--seed"),
@@ -77,6 +89,7 @@ def evaluate(
         _log(f"skipping {reason}")
     settings = EvalSettings(ctx=ctx, max_tokens=max_tokens or None, batch_size=batch_size, dtype=dtype, device=device,
                             seed=seed, calib=calib, calib_data=calib_data, backend=backend,
+                            include=tuple(_include(_split_names(include), backend)),
                             trust_remote_code=trust_remote_code, force=force)
     store = RecordStore(out_dir)
     store.ensure_writable()

@@ -41,6 +41,7 @@ class EvalSettings:
     calib: int = 4  # calibration windows (from calib_data, never the test split)
     calib_data: str = "austen:train"
     backend: str = "fake"  # "fake" (qsink's QLinear) or "bnb" (bitsandbytes kernels)
+    include: tuple[str, ...] = ()  # also quantize "lm_head" and/or "embed" (default: both stay fp)
     trust_remote_code: bool = False
     force: bool = False  # recompute cells whose record exists
 
@@ -96,6 +97,8 @@ def identity(model_sha: str, cell: Cell, text: Text, s: EvalSettings, calib_sha:
              "data_sha256": text.sha256, "ctx": s.ctx, "max_tokens": s.max_tokens, "dtype": s.dtype, "seed": s.seed}
     if cell.scheme != "fp":
         ident.update(calib=s.calib, calib_data=s.calib_data, calib_sha256=calib_sha, backend=s.backend)
+        if s.include:
+            ident["include"] = sorted(s.include)
     return ident
 
 
@@ -169,7 +172,8 @@ def _run_cell(res, cell, ident, fp_model, tokenizer, windows, calib, settings, f
 
                 quant_report = to_bnb_(model, cell.scheme, cell.handling)
             else:
-                quant_report = quantize_(model, scheme, cell.handling, calib, tokenizer, batch_size=settings.batch_size)
+                quant_report = quantize_(model, scheme, cell.handling, calib, tokenizer, batch_size=settings.batch_size,
+                                         include=tuple(settings.include))
         prep_s = time.perf_counter() - t0
         result = perplexity(model, tokenizer, windows, settings.batch_size, on_batch=on_batch)
     except QsinkError as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 
+import torch
 import torch.nn as nn
 
 from qsink.data.windows import Windows
@@ -38,15 +39,24 @@ def check_combination(scheme: Scheme, handling: str, options: dict | None = None
     return handler
 
 
+INCLUDABLE = ("lm_head", "embed")
+
+
 def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none", calib: Windows | None = None,
-              tokenizer=None, options: dict | None = None, sqnr: bool = True, batch_size: int = 4) -> dict:
+              tokenizer=None, options: dict | None = None, sqnr: bool = True, batch_size: int = 4,
+              include: tuple[str, ...] = ()) -> dict:
     """Quantize ``model`` in place: every linear layer in its blocks becomes a :class:`QLinear`.
 
-    Embeddings and ``lm_head`` stay in high precision. ``calib`` windows (from a training split)
+    Embeddings and ``lm_head`` stay in high precision unless ``include`` names them: ``lm_head``
+    becomes a QLinear like the others (weights and input activations), ``embed`` has its weight
+    rows quantized with the scheme's weight format. ``calib`` windows (from a training split)
     feed calibration-based methods, static scales and the per-linear SQNR. Returns a report for the
     record. The model's ``qsink_quant_context`` attribute switches all QLinears between modes.
     """
     handler = handling if isinstance(handling, Handler) else check_combination(scheme, handling, options)
+    unknown = set(include) - set(INCLUDABLE)
+    if unknown:
+        raise QsinkError(f"cannot include {sorted(unknown)} in quantization; choose from {', '.join(INCLUDABLE)}")
     handler.tokenizer = tokenizer
     needs_calib = handler.needs_calibration or scheme.act_static
     if needs_calib and calib is None:
@@ -67,6 +77,17 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
                                    act_static=scheme.act_static, **handler.linear_options(l, name))
             ad.set_module(block, name, q)
             qlinears[q.name] = q
+    if "lm_head" in include:
+        head = model.get_output_embeddings()
+        if head.weight is ad.embedding(model).weight:  # tied: the embedding keeps its own copy
+            head.weight = nn.Parameter(head.weight.detach().clone())
+        q = QLinear.from_float(head, "lm_head", ctx, scheme.weight, scheme.act, act_static=scheme.act_static)
+        model.set_output_embeddings(q)
+        qlinears[q.name] = q
+    if "embed" in include and scheme.weight is not None:
+        emb = ad.embedding(model)
+        with torch.no_grad():
+            emb.weight.copy_(scheme.weight.fake(emb.weight.detach()))
     model.qsink_quant_context = ctx
     model.qsink_hooks = handler.install(model, ctx)
     if needs_calib or (sqnr and calib is not None):
@@ -90,6 +111,7 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
         "scheme": scheme.to_dict(),
         "handling": {"name": handler.name, **handler.report()},
         "n_linears": len(qlinears),
+        "include": list(include),
         "prepare_s": time.perf_counter() - t0,
         "calibration": None if calib is None else {"data": calib.data_name, "n_windows": calib.n_windows, "ctx": calib.ctx},
         "sqnr_db": sqnr_by_linear,

@@ -199,3 +199,18 @@ def test_scheme_validation():
         QuantFormat("mxfp4", 4, True, PER_TOKEN)
     with pytest.raises(ValueError, match="2 to 8 bits"):
         QuantFormat("int", 1)
+
+
+def test_lm_head_and_embedding_can_be_included(model, tok, windows, calib):
+    m = copy.deepcopy(model)
+    emb_before = m.model.embed_tokens.weight.detach().clone()
+    report = quantize_(m, get_scheme("w4a4"), "none", calib, tok, include=("lm_head", "embed"))
+    assert isinstance(m.lm_head, QLinear) and report["n_linears"] == 2 * 7 + 1
+    assert not torch.equal(m.model.embed_tokens.weight, emb_before)
+    assert m.model.embed_tokens.weight.unique().numel() < emb_before.unique().numel()
+    assert perplexity(m, tok, windows).ppl > 1
+    plain = copy.deepcopy(model)
+    quantize_(plain, get_scheme("w4a4"), "none", calib, tok)
+    assert torch.equal(plain.model.embed_tokens.weight, model.model.embed_tokens.weight)
+    with pytest.raises(QsinkError, match="cannot include"):
+        quantize_(copy.deepcopy(model), get_scheme("w4a4"), "none", calib, tok, include=("norms",))
