@@ -56,6 +56,7 @@ class RecordStore:
                 json.dump(record, f, indent=2, sort_keys=False)
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; records are for everyone to read
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
