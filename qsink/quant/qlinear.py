@@ -61,6 +61,8 @@ class QLinear(nn.Module):
         self.sqnr_signal = 0.0
         self.sqnr_noise = 0.0
         self.outlier_columns_seen = 0
+        self.collect_hessian = False  # GPTQ: accumulate 2 X^T X during calibration
+        self.hessian = None
 
     @classmethod
     def from_float(cls, linear: nn.Linear, name: str, ctx: QuantContext, weight_fmt, act_fmt, **kw) -> "QLinear":
@@ -123,6 +125,9 @@ class QLinear(nn.Module):
 
     def _record(self, x: torch.Tensor) -> None:
         flat = x.detach().reshape(-1, x.shape[-1]).float()
+        if self.collect_hessian:
+            h = 2 * flat.T @ flat
+            self.hessian = h if self.hessian is None else self.hessian + h
         mask = self.ctx.keep_mask
         if mask is not None and mask.shape == x.shape[:-1] and self.act_fmt is not None:
             flat = flat[~mask.reshape(-1)]  # kept tokens are not quantized, so they do not set scales
