@@ -7,3 +7,5 @@ evaluation cell and builds leaderboards from them.
 """
 
 __version__ = "0.1.0"
+
+from qsink.models import family as _family  # noqa: E402,F401  (registers model_type "qsink" with transformers)

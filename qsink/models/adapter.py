@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch.nn as nn
 
@@ -34,6 +35,7 @@ class FamilyAdapter:
     residual_writers: tuple[str, ...] = ()  # linears whose output is added to the residual stream
     value_pair: tuple[str, str] | None = None  # (v_proj, o_proj): o's input is linear in v's output
     ffn_pair: tuple[str, str] | None = None  # (up_proj, down_proj): down's input is linear in up's output
+    specialize: Callable[[nn.Module], "FamilyAdapter"] | None = None  # per-config layout (qsink's own family)
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         return list(_get(model, self.blocks_path))
@@ -109,7 +111,7 @@ def adapter_for(model: nn.Module) -> FamilyAdapter:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     for a in ADAPTERS:
         if model_type in a.model_types:
-            return a
+            return a.specialize(model) if a.specialize else a
     raise QsinkError(
         f"qsink does not know where the blocks of a {model_type!r} model are; supported families: "
         f"{', '.join(supported_model_types())} (add one in qsink/models/adapter.py)"

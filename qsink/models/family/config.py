@@ -1,0 +1,97 @@
+"""The configuration of qsink's own Llama-style model family, saved in every checkpoint.
+
+One ``PretrainedConfig`` (``model_type="qsink"``) carries every switch the seed papers ablate, one
+component at a time ("The Spike, the Sparse and the Sink", arXiv 2603.05498; "Attention Sinks
+Induce Gradient Sinks", arXiv 2603.17771). Named presets live in :data:`VARIANTS`.
+"""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+NORMS = ("prenorm-rmsnorm", "sandwich", "qknorm", "sandwich-qk", "dyt", "postnorm", "layernorm")
+GATES = ("none", "head", "channel", "static-head")
+FFNS = ("swiglu", "gelu", "linear", "none")
+SOFTMAXES = ("standard", "softmax1", "clipped")
+
+
+class QsinkConfig(PretrainedConfig):
+    model_type = "qsink"
+
+    def __init__(
+        self,
+        vocab_size: int = 4096,
+        hidden_size: int = 256,
+        num_hidden_layers: int = 6,
+        num_attention_heads: int = 4,
+        head_dim: int | None = None,  # set independently of n_heads; default hidden_size / n_heads
+        intermediate_size: int | None = None,  # default: 8/3 hidden for swiglu, 4 hidden otherwise
+        max_position_embeddings: int = 1024,
+        rope_theta: float = 10000.0,
+        norm: str = "prenorm-rmsnorm",  # where and which normalizer (see NORMS)
+        gate: str = "none",  # attention-output gating (Qiu et al. 2025, arXiv 2505.06708)
+        vscale: bool = False,  # learned per-layer, per-head scale on the value path (arXiv 2603.17771)
+        ffn: str = "swiglu",  # "none": the FFN is replaced by a second attention layer
+        softmax: str = "standard",  # "softmax1": an extra zero logit; "clipped": Bondarenko et al. 2023
+        clip_gamma: float = -0.03,  # clipped softmax: clip((zeta - gamma) * p + gamma, 0, 1)
+        clip_zeta: float = 1.0,
+        dyt_alpha_init: float = 0.5,  # DynamicTanh's scalar alpha at init (Zhu et al. 2025, arXiv 2503.10622)
+        norm_eps: float = 1e-6,
+        initializer_range: float = 0.02,
+        tie_word_embeddings: bool = True,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        **kwargs,
+    ):
+        for name, value, allowed in (("norm", norm, NORMS), ("gate", gate, GATES), ("ffn", ffn, FFNS),
+                                     ("softmax", softmax, SOFTMAXES)):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; choose from {', '.join(allowed)}")
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_attention_heads
+        self.head_dim = head_dim or hidden_size // num_attention_heads
+        if intermediate_size is None:
+            intermediate_size = (8 * hidden_size // 3 + 63) // 64 * 64 if ffn == "swiglu" else 4 * hidden_size
+        self.intermediate_size = intermediate_size
+        self.max_position_embeddings = max_position_embeddings
+        self.rope_theta = rope_theta
+        self.norm, self.gate, self.vscale, self.ffn, self.softmax = norm, gate, bool(vscale), ffn, softmax
+        self.clip_gamma, self.clip_zeta = clip_gamma, clip_zeta
+        self.dyt_alpha_init = dyt_alpha_init
+        self.norm_eps = norm_eps
+        self.initializer_range = initializer_range
+        super().__init__(tie_word_embeddings=tie_word_embeddings, bos_token_id=bos_token_id,
+                         eos_token_id=eos_token_id, pad_token_id=pad_token_id, **kwargs)
+
+    @property
+    def sandwich(self) -> bool:
+        return self.norm in ("sandwich", "sandwich-qk")
+
+    @property
+    def qk_norm(self) -> bool:
+        return self.norm in ("qknorm", "sandwich-qk")
+
+
+# one component changed at a time from the baseline
+VARIANTS: dict[str, dict] = {
+    "baseline": {},
+    "sandwich": {"norm": "sandwich"},
+    "qknorm": {"norm": "qknorm"},
+    "sandwich-qk": {"norm": "sandwich-qk"},
+    "dyt": {"norm": "dyt"},
+    "postnorm": {"norm": "postnorm"},
+    "layernorm": {"norm": "layernorm"},
+    "gate-head": {"gate": "head"},
+    "gate-channel": {"gate": "channel"},
+    "gate-static-head": {"gate": "static-head"},
+    "vscale": {"vscale": True},
+    "gelu": {"ffn": "gelu"},
+    "linear-ffn": {"ffn": "linear"},
+    "attn-only": {"ffn": "none"},
+    "softmax1": {"softmax": "softmax1"},
+    "clipped-softmax": {"softmax": "clipped"},
+}
