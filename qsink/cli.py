@@ -203,6 +203,36 @@ def _print_profile(name: str, doc: dict) -> None:
               f"near-constancy of spike tokens {'-' if nc is None else f'{nc:.4f}'}", highlight=False, markup=False)
 
 
+@app.command()
+def train(
+    recipe: Path = typer.Argument(..., help="A YAML recipe (recipes/variants/*.yaml)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Checkpoint directory (default runs/train/<recipe name>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
+    size: Optional[str] = typer.Option(None, "--size", help="A size from the recipe's sizes: (e.g. gpu)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Override the recipe's step count."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+) -> None:
+    """Train one of qsink's model variants from a recipe; the output loads in measure and evaluate."""
+    from qsink.models import pick_device
+    from qsink.train import load_recipe
+    from qsink.train import train as run_training
+
+    r = load_recipe(recipe, size=size, overrides={"steps": steps} if steps else None)
+    out_dir = out_dir or Path("runs/train") / r.name
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                  TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:.0f} tok/s"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err) as progress:
+        task = progress.add_task(f"train {r.name}", total=r.steps, loss=float("nan"), tps=0.0)
+
+        def on_step(step, loss, tps):
+            progress.update(task, completed=step, loss=loss, tps=tps)
+
+        result = run_training(r, out_dir, resume=resume, device=pick_device(device), log=_log, on_step=on_step)
+    out.print(f"trained {r.name} to step {result.step}: train loss {result.train_loss:.4f}, "
+              f"val loss {result.val_loss if result.val_loss is None else round(result.val_loss, 4)}, "
+              f"{result.tokens_per_s:.0f} tokens/s; checkpoint {result.out_dir}", highlight=False)
+
+
 @app.command("leaderboard")
 def leaderboard_cmd(
     results: Path = typer.Option(Path("runs"), "--results", help="Directory of JSON records."),

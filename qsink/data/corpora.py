@@ -213,12 +213,14 @@ def load_hf_dataset(spec: str) -> Text:
 
 
 def resolve_data(data: str | None, text_file: str | None, log: Callable[[str], None] = print) -> Text:
-    """The evaluation text from the CLI's ``--data NAME[:SPLIT]`` or ``--text FILE``."""
+    """Text from ``--data NAME[:SPLIT]`` (or ``file:PATH``, ``hf:NAME[:CONFIG]``) or ``--text FILE``."""
     if data and text_file:
         raise QsinkError("give either --data or --text, not both")
     if text_file:
         return load_text_file(text_file)
     data = data or "austen:test"
+    if data.startswith("file:"):
+        return load_text_file(data[5:])
     if data.startswith("hf:"):
         return load_hf_dataset(data)
     name, _, split = data.partition(":")

@@ -1,0 +1,201 @@
+"""The training loop: AdamW, warmup + cosine, clipping, periodic validation, resumable checkpoints.
+
+Determinism: the batch of step ``s`` is drawn from a generator seeded with ``(seed, s)``, so a run
+resumed from a checkpoint sees exactly the batches an uninterrupted run would; model and optimizer
+state are restored from safetensors. On CPU (fp32) a resumed run matches an uninterrupted one.
+
+The output directory is a Hugging Face checkpoint (``config.json``, ``model.safetensors``, the
+tokenizer) that ``qsink measure`` and ``qsink evaluate`` load; ``trainer_state.json`` and
+``optimizer.safetensors`` beside it make it resumable. Checkpoints are written to a temporary
+directory and renamed, so an interrupted write never replaces a good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from qsink.data.corpora import resolve_data
+from qsink.data.windows import tokenize
+from qsink.errors import QsinkError
+from qsink.models.family import QsinkConfig, QsinkForCausalLM
+from qsink.train.recipe import TrainRecipe
+from qsink.train.tokenizer import train_tokenizer
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    step: int
+    train_loss: float
+    val_loss: float | None
+    tokens_per_s: float
+    history: list
+
+
+def loss_window_labels(ids: torch.Tensor, loss_min: int, loss_max: int | None) -> torch.Tensor:
+    """Labels equal to ``ids`` on target positions in [loss_min, loss_max], -100 elsewhere."""
+    labels = ids.clone()
+    T = ids.shape[1]
+    pos = torch.arange(T, device=ids.device)
+    outside = (pos < loss_min) | (pos > (loss_max if loss_max is not None else T))
+    labels[:, outside] = -100
+    return labels
+
+
+def lr_at(step: int, r: TrainRecipe) -> float:
+    if step < r.warmup:
+        return r.lr * (step + 1) / r.warmup
+    progress = (step - r.warmup) / max(1, r.steps - r.warmup)
+    return r.lr * (r.min_lr_ratio + (1 - r.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+class TokenStream:
+    """All training text as one token tensor; batches are random slices, each prefixed with BOS."""
+
+    def __init__(self, ids: torch.Tensor, bos: int):
+        self.ids, self.bos = ids, bos
+
+    def batch(self, step: int, seed: int, B: int, T: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        starts = torch.randint(0, len(self.ids) - T, (B,), generator=g)
+        body = torch.stack([self.ids[s : s + T - 1] for s in starts.tolist()])
+        return torch.cat([torch.full((B, 1), self.bos, dtype=torch.long), body.long()], dim=1)
+
+    def fixed(self, n: int, T: int) -> torch.Tensor:
+        per = T - 1
+        n = min(n, len(self.ids) // per)
+        body = self.ids[: n * per].view(n, per).long()
+        return torch.cat([torch.full((n, 1), self.bos, dtype=torch.long), body], dim=1)
+
+
+def _param_groups(model, weight_decay):
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _optimizer_tensors(model, opt) -> dict[str, torch.Tensor]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    out = {}
+    for p, st in opt.state.items():
+        for k, v in st.items():
+            out[f"{names[id(p)]}::{k}"] = v.detach().clone().reshape(-1) if v.dim() == 0 else v.detach().clone()
+    return out
+
+
+def _load_optimizer(model, opt, tensors: dict[str, torch.Tensor]) -> None:
+    for n, p in model.named_parameters():
+        st = {}
+        for k in ("step", "exp_avg", "exp_avg_sq"):
+            key = f"{n}::{k}"
+            if key in tensors:
+                t = tensors[key]
+                st[k] = t.reshape(()) if k == "step" else t.to(p.device)
+        if st:
+            opt.state[p] = st
+
+
+def save_checkpoint(out: Path, model, tok, opt, state: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        save_file(_optimizer_tensors(model, opt), tmp / "optimizer.safetensors")
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        old = out.with_name(f".{out.name}.old")
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@torch.no_grad()
+def evaluate_loss(model, batches: torch.Tensor, r: TrainRecipe, device) -> float:
+    model.eval()
+    total, n = 0.0, 0
+    for i in range(0, len(batches), r.batch_size):
+        x = batches[i : i + r.batch_size].to(device)
+        loss = model(input_ids=x, labels=loss_window_labels(x, r.loss_min, r.loss_max)).loss
+        total += float(loss) * len(x)
+        n += len(x)
+    model.train()
+    return total / max(n, 1)
+
+
+def train(r: TrainRecipe, out: Path, resume: bool = False, device: str = "cpu", log: Callable[[str], None] = print,
+          on_step: Callable[[int, float, float], None] | None = None, stop_after: int | None = None) -> TrainResult:
+    """Train recipe ``r`` into ``out``; ``stop_after`` ends early at that step (tests, time budgets)."""
+    out = Path(out)
+    if r.threads:
+        torch.set_num_threads(r.threads)
+    state_file = out / "trainer_state.json"
+    if resume and not state_file.is_file():
+        raise QsinkError(f"--resume: {out} holds no checkpoint to resume from; drop --resume to start fresh")
+    if not resume and state_file.is_file():
+        raise QsinkError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    texts = [resolve_data(d, None, log=log) for d in r.data]
+    tok = train_tokenizer(texts, r.vocab_size, log=log)
+    stream = TokenStream(torch.tensor([t for text in texts for t in tokenize(tok, text.text)], dtype=torch.int32), tok.bos_token_id)
+    val = TokenStream(torch.tensor(tokenize(tok, resolve_data(r.val_data, None, log=log).text), dtype=torch.int32), tok.bos_token_id)
+    val_batches = val.fixed(r.eval_batches * r.batch_size, r.seq_len)
+    torch.manual_seed(r.seed)
+    cfg = QsinkConfig(vocab_size=len(tok), max_position_embeddings=max(r.seq_len, 64), bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, **r.model_config())
+    model = QsinkForCausalLM(cfg).to(device)
+    opt = torch.optim.AdamW(_param_groups(model, r.weight_decay), lr=r.lr, betas=tuple(r.betas), foreach=False)
+    step, history = 0, []
+    if resume:
+        state = json.loads(state_file.read_text())
+        if state["recipe"] != r.to_dict():
+            raise QsinkError(f"{out} was trained with a different recipe; resume with the same recipe or use another --out")
+        model.load_state_dict(load_file(out / "model.safetensors"), strict=False)
+        if cfg.tie_word_embeddings:
+            model.tie_weights()
+        _load_optimizer(model, opt, load_file(out / "optimizer.safetensors"))
+        step, history = state["step"], state["history"]
+        log(f"resuming {out} at step {step}")
+    model.train()
+    use_bf16 = str(device).startswith("cuda")
+    t0, tokens, loss_val, val_loss = time.perf_counter(), 0, float("nan"), None
+    end = min(r.steps, stop_after) if stop_after else r.steps
+    while step < end:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, r)
+        x = stream.batch(step, r.seed, r.batch_size, r.seq_len).to(device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            loss = model(input_ids=x, labels=loss_window_labels(x, r.loss_min, r.loss_max)).loss
+        if not torch.isfinite(loss):
+            raise QsinkError(f"training diverged at step {step} (loss {float(loss)}); lower lr or raise warmup. "
+                             f"The last checkpoint in {out} is intact.")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), r.grad_clip)
+        opt.step()
+        step += 1
+        tokens += x.numel()
+        loss_val = float(loss.detach())
+        tps = tokens / (time.perf_counter() - t0)
+        if on_step:
+            on_step(step, loss_val, tps)
+        if step % r.eval_every == 0 or step == r.steps:
+            val_loss = evaluate_loss(model, val_batches, r, device)
+            history.append({"step": step, "train_loss": loss_val, "val_loss": val_loss, "tokens_per_s": tps})
+            log(f"step {step}: train loss {loss_val:.4f}, val loss {val_loss:.4f}, {tps:.0f} tokens/s")
+        if step % r.ckpt_every == 0 or step == end:
+            save_checkpoint(out, model, tok, opt, {"step": step, "recipe": r.to_dict(), "history": history})
+    return TrainResult(out, step, loss_val, val_loss, tokens / max(time.perf_counter() - t0, 1e-9), history)

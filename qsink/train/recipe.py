@@ -1,0 +1,104 @@
+"""Training recipes: YAML files that inherit from a base with ``include:`` and change one thing.
+
+Example ``recipes/variants/sandwich.yaml``::
+
+    include: base.yaml
+    name: sandwich
+    variant: sandwich
+
+Includes resolve relative to the including file and merge depth-first (mappings merge key by key,
+everything else is replaced). Unknown keys are errors that list the valid ones. ``sizes`` maps a
+size name to overrides (``--size gpu`` for a GPU-scale run of the same recipe).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from qsink.errors import QsinkError
+from qsink.models.family.config import VARIANTS
+
+
+@dataclass
+class TrainRecipe:
+    name: str = "baseline"
+    variant: str = "baseline"  # a preset from qsink.models.family.VARIANTS
+    model: dict = field(default_factory=dict)  # QsinkConfig overrides on top of the variant
+    data: list = field(default_factory=lambda: ["austen:train", "tdavid", "web"])
+    val_data: str = "austen:validation"
+    vocab_size: int = 4096
+    seq_len: int = 256  # tokens per training sequence, BOS included
+    batch_size: int = 16
+    steps: int = 1000
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * this
+    warmup: int = 50
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    betas: list = field(default_factory=lambda: [0.9, 0.95])
+    loss_min: int = 0  # the loss is taken on target positions in [loss_min, loss_max]
+    loss_max: int | None = None
+    eval_every: int = 100
+    eval_batches: int = 8
+    ckpt_every: int = 100
+    seed: int = 0
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+    sizes: dict = field(default_factory=dict)  # size name -> overrides
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise QsinkError(f"unknown variant {self.variant!r}; known: {', '.join(VARIANTS)}")
+        if self.seq_len < 2 or self.batch_size < 1 or self.steps < 1:
+            raise QsinkError("seq_len must be >= 2, batch_size and steps >= 1")
+        if self.loss_max is not None and self.loss_max < self.loss_min:
+            raise QsinkError("loss_max must be >= loss_min")
+
+    def model_config(self) -> dict:
+        return {**VARIANTS[self.variant], **self.model}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _load_raw(path: Path, seen: tuple = ()) -> dict:
+    if path in seen:
+        raise QsinkError(f"recipe include cycle: {' -> '.join(str(p) for p in seen + (path,))}")
+    if not path.is_file():
+        raise QsinkError(f"recipe {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise QsinkError(f"recipe {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise QsinkError(f"recipe {path} must be a mapping of keys to values")
+    include = raw.pop("include", None)
+    if include is None:
+        return raw
+    base = {}
+    for inc in [include] if isinstance(include, str) else include:
+        base = _merge(base, _load_raw((path.parent / inc).resolve(), seen + (path,)))
+    return _merge(base, raw)
+
+
+def load_recipe(path: str | Path, size: str | None = None, overrides: dict | None = None) -> TrainRecipe:
+    raw = _merge(_load_raw(Path(path).resolve()), overrides or {})
+    if size:
+        sizes = raw.get("sizes", {})
+        if size not in sizes:
+            raise QsinkError(f"recipe {path} has no size {size!r}; it has {', '.join(sizes) or 'none'}")
+        raw = _merge(raw, sizes[size])
+    valid = {f.name for f in fields(TrainRecipe)}
+    unknown = sorted(set(raw) - valid)
+    if unknown:
+        raise QsinkError(f"recipe {path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
+    return TrainRecipe(**raw)

@@ -1,0 +1,93 @@
+"""Training: recipes, the loss window, a short run whose loss falls, and resume equivalence."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from qsink.errors import QsinkError
+from qsink.train import TrainRecipe, load_recipe, loss_window_labels, train
+from qsink.train.loop import lr_at
+
+
+def tiny_recipe(text_file, **kw):
+    base = dict(name="tiny", data=[f"file:{text_file}"], val_data=f"file:{text_file}", vocab_size=300, seq_len=32,
+                batch_size=8, steps=60, lr=3e-3, warmup=5, eval_every=20, ckpt_every=20, eval_batches=2,
+                model={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2})
+    base.update(kw)
+    return TrainRecipe(**base)
+
+
+def test_recipes_inherit_and_validate(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: b\nmodel: {hidden_size: 64, num_hidden_layers: 2}\nsteps: 10\n"
+                                        "sizes: {gpu: {steps: 1000, model: {hidden_size: 512}}}\n")
+    (tmp_path / "v.yaml").write_text("include: base.yaml\nname: v\nvariant: dyt\nmodel: {num_hidden_layers: 3}\n")
+    r = load_recipe(tmp_path / "v.yaml")
+    assert (r.name, r.variant, r.steps) == ("v", "dyt", 10)
+    assert r.model == {"hidden_size": 64, "num_hidden_layers": 3}  # mappings merge key by key
+    assert r.model_config()["norm"] == "dyt"
+    g = load_recipe(tmp_path / "v.yaml", size="gpu")
+    assert g.steps == 1000 and g.model["hidden_size"] == 512
+    (tmp_path / "bad.yaml").write_text("include: base.yaml\nlearning_rate: 1\n")
+    with pytest.raises(QsinkError, match="unknown key.*learning_rate.*valid keys"):
+        load_recipe(tmp_path / "bad.yaml")
+    (tmp_path / "badv.yaml").write_text("variant: sandwhich\n")
+    with pytest.raises(QsinkError, match="unknown variant 'sandwhich'"):
+        load_recipe(tmp_path / "badv.yaml")
+
+
+def test_every_shipped_recipe_loads():
+    from pathlib import Path
+
+    recipes = sorted(Path(__file__).resolve().parents[2].joinpath("recipes/variants").glob("*.yaml"))
+    assert len(recipes) >= 18
+    names = {load_recipe(p).name for p in recipes}
+    assert {"baseline", "sandwich", "qknorm", "dyt", "gate-head", "vscale", "long-only", "baseline-wd"} <= names
+
+
+def test_loss_window():
+    ids = torch.arange(10).repeat(2, 1)
+    labels = loss_window_labels(ids, 3, 6)
+    assert (labels[:, 3:7] == ids[:, 3:7]).all()
+    assert (labels[:, :3] == -100).all() and (labels[:, 7:] == -100).all()
+    assert torch.equal(loss_window_labels(ids, 0, None), ids)
+
+
+def test_schedule():
+    r = TrainRecipe(lr=1.0, warmup=10, steps=110, min_lr_ratio=0.1)
+    assert lr_at(0, r) == pytest.approx(0.1) and lr_at(9, r) == pytest.approx(1.0)
+    assert lr_at(60, r) == pytest.approx(0.55) and lr_at(110, r) == pytest.approx(0.1)
+
+
+def test_short_run_loss_falls_and_loads_everywhere(sample_text_file, tmp_path):
+    out = tmp_path / "run"
+    res = train(tiny_recipe(sample_text_file), out, log=lambda m: None)
+    assert res.step == 60
+    first, last = res.history[0]["val_loss"], res.history[-1]["val_loss"]
+    assert last < first - 0.5
+    from qsink.data.corpora import load_text_file
+    from qsink.data.windows import make_windows
+    from qsink.measure import profile
+    from qsink.models import load
+
+    model, tok = load(str(out), log=lambda m: None)  # a plain HF checkpoint directory
+    assert tok("x").input_ids[0] == tok.bos_token_id  # BOS first
+    w = make_windows(tok, load_text_file(sample_text_file), ctx=32, max_tokens=93)
+    assert profile(model, tok, w).summary["sink_ratio"] is not None
+    with pytest.raises(QsinkError, match="already holds a training run"):
+        train(tiny_recipe(sample_text_file), out, log=lambda m: None)
+
+
+def test_resume_matches_an_uninterrupted_run(sample_text_file, tmp_path):
+    r = tiny_recipe(sample_text_file, steps=20, ckpt_every=10, eval_every=10)
+    full = train(r, tmp_path / "full", log=lambda m: None)
+    part = train(r, tmp_path / "part", log=lambda m: None, stop_after=10)
+    assert part.step == 10 and json.loads((tmp_path / "part" / "trainer_state.json").read_text())["step"] == 10
+    resumed = train(r, tmp_path / "part", resume=True, log=lambda m: None)
+    assert resumed.step == 20
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "part" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.val_loss == full.val_loss
+    with pytest.raises(QsinkError, match="no checkpoint to resume"):
+        train(r, tmp_path / "nothing", resume=True, log=lambda m: None)
