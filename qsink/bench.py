@@ -98,6 +98,56 @@ def bench_quant(model, tok, text, calib_text, cells=(("w8a8", "none"), ("w4a4", 
     }
 
 
+def matmul_peak_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """This machine's fp32 matmul throughput on large square matrices (the MFU denominator)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def bench_train(recipe, steps: int = 20, log=print) -> dict:
+    """qsink's training step vs a minimal plain PyTorch loop on the same model, batch and data."""
+    import tempfile
+
+    from qsink.models.family import QsinkConfig, QsinkForCausalLM
+    from qsink.train import train
+
+    r = recipe
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        res = train(type(r)(**{**r.to_dict(), "steps": steps, "eval_every": 10**9, "ckpt_every": 10**9}), tmp, log=log)
+        qsink_tps = res.tokens_per_s
+        qsink_wall = time.perf_counter() - t0
+    torch.manual_seed(r.seed)
+    cfg = QsinkConfig(vocab_size=r.vocab_size, max_position_embeddings=max(r.seq_len, 64), **r.model_config())
+    model = QsinkForCausalLM(cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=r.lr, foreach=False)
+    x = torch.randint(0, r.vocab_size, (r.batch_size, r.seq_len))
+    model(input_ids=x, labels=x).loss.backward()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    plain_tps = steps * x.numel() / (time.perf_counter() - t0)
+    n_params = sum(p.numel() for p in model.parameters())
+    flops_per_token = 6 * n_params  # forward + backward, attention's T^2 term left out
+    peak = matmul_peak_gflops()
+    return {
+        "benchmark": "train_tokens_per_s", "recipe": r.name, "steps": steps, "batch_size": r.batch_size, "seq_len": r.seq_len,
+        "n_params": n_params, "qsink_tokens_per_s": qsink_tps, "plain_loop_tokens_per_s": plain_tps,
+        "ratio": qsink_tps / plain_tps, "target": ">= 0.9", "qsink_wall_s_incl_setup": qsink_wall,
+        "matmul_peak_gflops": peak, "mfu": qsink_tps * flops_per_token / (peak * 1e9),
+        "machine": machine(), "env": env_info(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def write_json(doc: dict, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -382,6 +382,23 @@ def bench_quant_cmd(
     out.print(f"wrote {out_file}")
 
 
+@bench_app.command("train")
+def bench_train_cmd(
+    recipe: Path = typer.Argument(Path("recipes/variants/base.yaml")),
+    steps: int = typer.Option(20, "--steps"),
+    out_file: Path = typer.Option(Path("results/bench/train.json"), "--out"),
+) -> None:
+    """Training tokens/s against a minimal plain PyTorch loop (target >= 0.9), and MFU against a measured matmul peak."""
+    from qsink.bench import bench_train, write_json
+    from qsink.train import load_recipe
+
+    doc = bench_train(load_recipe(recipe), steps=steps, log=_log)
+    write_json(doc, out_file)
+    out.print(f"qsink {doc['qsink_tokens_per_s']:.0f} tok/s vs plain loop {doc['plain_loop_tokens_per_s']:.0f} tok/s "
+              f"= {doc['ratio']:.2f}; MFU {100 * doc['mfu']:.1f}% of a measured {doc['matmul_peak_gflops']:.0f} GFLOP/s; wrote {out_file}",
+              highlight=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)

@@ -91,3 +91,32 @@ def test_resume_matches_an_uninterrupted_run(sample_text_file, tmp_path):
     assert resumed.val_loss == full.val_loss
     with pytest.raises(QsinkError, match="no checkpoint to resume"):
         train(r, tmp_path / "nothing", resume=True, log=lambda m: None)
+
+
+def test_kill_minus_9_then_resume(sample_text_file, tmp_path):
+    """A real interruption: the training process is SIGKILLed after its first checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"name: killed\ndata: ['file:{sample_text_file}']\nval_data: 'file:{sample_text_file}'\nvocab_size: 300\n"
+        "seq_len: 32\nbatch_size: 8\nsteps: 4000\nwarmup: 5\neval_every: 1000\nckpt_every: 5\neval_batches: 1\n"
+        "model: {hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2}\n")
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "qsink", "train", str(recipe), "--out", str(out), "--device", "cpu"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "trainer_state.json").is_file():
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = json.loads((out / "trainer_state.json").read_text())  # the last checkpoint is intact
+    assert 5 <= state["step"] < 4000 and state["step"] % 5 == 0
+    r = load_recipe(recipe, overrides={"steps": 4000})
+    resumed = train(r, out, resume=True, log=lambda m: None, stop_after=state["step"] + 5)
+    assert resumed.step == state["step"] + 5
