@@ -137,10 +137,37 @@ def evaluate_loss(model, batches: torch.Tensor, r: TrainRecipe, device) -> float
     return total / max(n, 1)
 
 
+def _distributed(device: str) -> tuple[int, int, str]:
+    """(rank, world size, device) under torchrun / accelerate (DDP), else (0, 1, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank()
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    return rank, world, device
+
+
 def train(r: TrainRecipe, out: Path, resume: bool = False, device: str = "cpu", log: Callable[[str], None] = print,
           on_step: Callable[[int, float, float], None] | None = None, stop_after: int | None = None) -> TrainResult:
-    """Train recipe ``r`` into ``out``; ``stop_after`` ends early at that step (tests, time budgets)."""
+    """Train recipe ``r`` into ``out``; ``stop_after`` ends early at that step (tests, time budgets).
+
+    Under torchrun (``WORLD_SIZE > 1``) each rank computes a slice of the same global batch of
+    ``batch_size`` sequences and DDP averages the gradients, so the recipe means the same thing on
+    one process or many; rank 0 writes checkpoints.
+    """
     out = Path(out)
+    rank, world, device = _distributed(device)
+    if r.batch_size % world:
+        raise QsinkError(f"batch_size {r.batch_size} does not split over {world} processes; use a multiple of {world}")
+    if rank:
+        log = lambda m: None  # noqa: E731  (one voice)
     if r.threads:
         torch.set_num_threads(r.threads)
     state_file = out / "trainer_state.json"
@@ -170,13 +197,19 @@ def train(r: TrainRecipe, out: Path, resume: bool = False, device: str = "cpu", 
         step, history = state["step"], state["history"]
         log(f"resuming {out} at step {step}")
     model.train()
+    core = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(core, device_ids=[torch.device(device).index] if str(device).startswith("cuda") else None)
+    per_rank = r.batch_size // world
     use_bf16 = str(device).startswith("cuda")
     t0, tokens, loss_val, val_loss = time.perf_counter(), 0, float("nan"), None
     end = min(r.steps, stop_after) if stop_after else r.steps
     while step < end:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, r)
-        x = stream.batch(step, r.seed, r.batch_size, r.seq_len).to(device)
+        x = stream.batch(step, r.seed, r.batch_size, r.seq_len)[rank * per_rank : (rank + 1) * per_rank].to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
             loss = model(input_ids=x, labels=loss_window_labels(x, r.loss_min, r.loss_max)).loss
         if not torch.isfinite(loss):
@@ -184,18 +217,20 @@ def train(r: TrainRecipe, out: Path, resume: bool = False, device: str = "cpu", 
                              f"The last checkpoint in {out} is intact.")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), r.grad_clip)
+        torch.nn.utils.clip_grad_norm_(core.parameters(), r.grad_clip)
         opt.step()
         step += 1
-        tokens += x.numel()
+        tokens += x.numel() * world
         loss_val = float(loss.detach())
         tps = tokens / (time.perf_counter() - t0)
         if on_step:
             on_step(step, loss_val, tps)
         if step % r.eval_every == 0 or step == r.steps:
-            val_loss = evaluate_loss(model, val_batches, r, device)
+            val_loss = evaluate_loss(core, val_batches, r, device)
             history.append({"step": step, "train_loss": loss_val, "val_loss": val_loss, "tokens_per_s": tps})
             log(f"step {step}: train loss {loss_val:.4f}, val loss {val_loss:.4f}, {tps:.0f} tokens/s")
-        if step % r.ckpt_every == 0 or step == end:
-            save_checkpoint(out, model, tok, opt, {"step": step, "recipe": r.to_dict(), "history": history})
+        if (step % r.ckpt_every == 0 or step == end) and rank == 0:
+            save_checkpoint(out, core, tok, opt, {"step": step, "recipe": r.to_dict(), "history": history})
+        if world > 1 and (step % r.ckpt_every == 0 or step == end):
+            torch.distributed.barrier()
     return TrainResult(out, step, loss_val, val_loss, tokens / max(time.perf_counter() - t0, 1e-9), history)

@@ -120,3 +120,25 @@ def test_kill_minus_9_then_resume(sample_text_file, tmp_path):
     r = load_recipe(recipe, overrides={"steps": 4000})
     resumed = train(r, out, resume=True, log=lambda m: None, stop_after=state["step"] + 5)
     assert resumed.step == state["step"] + 5
+
+
+def test_ddp_over_two_processes_matches_one(sample_text_file, tmp_path):
+    """torchrun with 2 CPU processes (gloo) computes the same global batch as one process."""
+    import os
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"name: ddp\ndata: ['file:{sample_text_file}']\nval_data: 'file:{sample_text_file}'\nvocab_size: 300\n"
+        "seq_len: 32\nbatch_size: 8\nsteps: 8\nwarmup: 2\neval_every: 8\nckpt_every: 8\neval_batches: 2\n"
+        "model: {hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2}\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                    "-m", "qsink", "train", str(recipe), "--out", str(tmp_path / "ddp"), "--device", "cpu"],
+                   check=True, env=env, capture_output=True, timeout=300)
+    single = train(load_recipe(recipe), tmp_path / "one", log=lambda m: None)
+    ddp = json.loads((tmp_path / "ddp" / "trainer_state.json").read_text())["history"][-1]
+    assert ddp["val_loss"] == pytest.approx(single.val_loss, rel=1e-4)
+    a, b = load_file(tmp_path / "ddp" / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
