@@ -90,7 +90,7 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
             emb.weight.copy_(scheme.weight.fake(emb.weight.detach()))
     model.qsink_quant_context = ctx
     model.qsink_hooks = handler.install(model, ctx)
-    if needs_calib or (sqnr and calib is not None):
+    if needs_calib:
         ctx.mode = "calibrate"
         run_windows(model, calib, batch_size)
         if scheme.act_static:
