@@ -229,6 +229,17 @@ def train(r: TrainRecipe, out: Path, resume: bool = False, device: str = "cpu", 
             val_loss = evaluate_loss(core, val_batches, r, device)
             history.append({"step": step, "train_loss": loss_val, "val_loss": val_loss, "tokens_per_s": tps})
             log(f"step {step}: train loss {loss_val:.4f}, val loss {val_loss:.4f}, {tps:.0f} tokens/s")
+        out_of_time = bool(r.max_minutes) and time.perf_counter() - t0 > 60 * r.max_minutes
+        if world > 1 and r.max_minutes:  # every rank must stop at the same step
+            flag = torch.tensor([float(out_of_time)], device=device)
+            torch.distributed.all_reduce(flag)
+            out_of_time = bool(flag.item())
+        if out_of_time:
+            log(f"stopping at step {step}: max_minutes={r.max_minutes} reached")
+            end = step
+            if not history or history[-1]["step"] != step:
+                val_loss = evaluate_loss(core, val_batches, r, device)
+                history.append({"step": step, "train_loss": loss_val, "val_loss": val_loss, "tokens_per_s": tps})
         if (step % r.ckpt_every == 0 or step == end) and rank == 0:
             save_checkpoint(out, core, tok, opt, {"step": step, "recipe": r.to_dict(), "history": history})
         if world > 1 and (step % r.ckpt_every == 0 or step == end):

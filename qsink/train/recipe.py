@@ -46,6 +46,7 @@ class TrainRecipe:
     ckpt_every: int = 100
     seed: int = 0
     threads: int | None = None  # torch CPU threads (None: torch's default)
+    max_minutes: float | None = None  # stop (with a checkpoint) once this much wall time has passed
     sizes: dict = field(default_factory=dict)  # size name -> overrides
 
     def __post_init__(self):

@@ -142,3 +142,10 @@ def test_ddp_over_two_processes_matches_one(sample_text_file, tmp_path):
     assert ddp["val_loss"] == pytest.approx(single.val_loss, rel=1e-4)
     a, b = load_file(tmp_path / "ddp" / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_time_budget_stops_with_a_checkpoint(sample_text_file, tmp_path):
+    r = tiny_recipe(sample_text_file, steps=100000, max_minutes=0.05, eval_every=10**6, ckpt_every=10**6)
+    res = train(r, tmp_path / "t", log=lambda m: None)
+    assert 0 < res.step < 100000 and res.val_loss is not None
+    assert json.loads((tmp_path / "t" / "trainer_state.json").read_text())["step"] == res.step
