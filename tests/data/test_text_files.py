@@ -29,3 +29,18 @@ def test_missing_text_file(tmp_path):
 def test_data_and_text_are_exclusive(tmp_path):
     with pytest.raises(QsinkError, match="not both"):
         corpora.resolve_data("austen", str(tmp_path / "x.txt"))
+
+
+def test_hf_data_without_the_datasets_package(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_datasets(name, *args, **kwargs):
+        if name == "datasets":
+            raise ImportError("no datasets here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_datasets)
+    with pytest.raises(QsinkError, match="needs the 'datasets' package"):
+        corpora.resolve_data("hf:wikitext:wikitext-2-raw-v1", None)
