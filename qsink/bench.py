@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from qsink.config import atomic_write_text
 from qsink.data.windows import make_windows
 from qsink.measure.profiler import ProfileSettings, profile
 from qsink.results.record import env_info
@@ -151,7 +152,4 @@ def bench_train(recipe, steps: int = 20, log=print) -> dict:
 def write_json(doc: dict, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(doc, indent=2))

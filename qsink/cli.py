@@ -5,7 +5,6 @@ Every command turns a :class:`~qsink.errors.QsinkError` into one line on stderr 
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -45,6 +44,16 @@ def _include(names: list[str], backend: str) -> list[str]:
     if names and backend != "fake":
         raise QsinkError("--include works with --backend fake only")
     return names
+
+
+def _windows_progress(progress: Progress):
+    """A factory the runners call per task: (description, total windows) -> advance callback."""
+
+    def factory(desc: str, total: int):
+        task = progress.add_task(desc, total=total)
+        return lambda n: progress.advance(task, n)
+
+    return factory
 
 
 def _progress() -> Progress:
@@ -101,11 +110,8 @@ def evaluate(
             raise QsinkError("calibration must not read a test split; pass --calib-data with a train or validation split")
         calib_text = resolve_data(calib_data, None, log=_log)
     with _progress() as progress:
-        def factory(desc: str, total: int):
-            task = progress.add_task(desc, total=total)
-            return lambda n: progress.advance(task, n)
-
-        outcomes = run_cells(resolved, cells, corpus, settings, store, calib_text=calib_text, log=_log, progress_factory=factory)
+        outcomes = run_cells(resolved, cells, corpus, settings, store, calib_text=calib_text, log=_log,
+                             progress_factory=_windows_progress(progress))
     table = Table(title=f"perplexity on {corpus.name} (ctx {ctx})")
     for col in ("model", "cell", "status", "ppl", "Δppl %", "bits/byte", "SQNR dB", "tok/s"):
         table.add_column(col, justify="left" if col in ("model", "cell", "status") else "right")
@@ -160,13 +166,9 @@ def measure(
     settings = ProfileSettings(top_k=top_k, massive_abs=massive_abs, massive_ratio=massive_ratio, sink_eps=sink_eps,
                                attn_windows=attn_windows)
     with _progress() as progress:
-        def factory(desc: str, total: int):
-            task = progress.add_task(desc, total=total)
-            return lambda n: progress.advance(task, n)
-
         outcome = measure_model(res, corpus, store, ctx=ctx, samples=samples, settings=settings, dtype=dtype, device=device,
                                 batch_size=batch_size, force=force, trust_remote_code=trust_remote_code, log=_log,
-                                on_batch_factory=factory)
+                                on_batch_factory=_windows_progress(progress))
     doc = outcome.profile.to_dict()
     plots = plot_profile(doc, out_dir, outcome.path.stem, res.name)
     _print_profile(res.name, doc)
@@ -240,6 +242,7 @@ def leaderboard_cmd(
     sort: str = typer.Option("ppl", "--sort", help="Column to sort by."),
 ) -> None:
     """A table with one row per record (all columns derived from the records); optionally a CSV."""
+    from qsink.config import atomic_write_text
     from qsink.results import RecordStore, leaderboard
 
     df = leaderboard(RecordStore(results).load_all(), sort=sort)
@@ -249,9 +252,7 @@ def leaderboard_cmd(
         raise QsinkError(f"no column {sort!r} to sort by; try ppl, bpb, model or scheme")
     if csv:
         csv.parent.mkdir(parents=True, exist_ok=True)
-        tmp = csv.with_name(f".{csv.name}.tmp")
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, csv)
+        atomic_write_text(csv, df.to_csv(index=False))
     table = Table(title=f"leaderboard ({len(df)} records in {results})")
     shown = [c for c in ("model", "scheme", "handling", "data", "ctx", "status", "ppl", "delta_ppl_pct", "bpb", "sqnr_db_mean",
                          "tokens_per_s") if c in df.columns]

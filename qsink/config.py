@@ -5,7 +5,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename, so
+    readers see the old file or the whole new one, never half of it. The file is world-readable."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def qsink_home() -> Path:
@@ -37,9 +56,7 @@ def sha256_cached(path: Path) -> str:
     known[key] = digest
     try:
         store.parent.mkdir(parents=True, exist_ok=True)
-        tmp = store.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=0))
-        os.replace(tmp, store)
+        atomic_write_text(store, json.dumps(known, indent=0))
     except OSError:
         pass  # a read-only cache only costs a re-hash next time
     return digest

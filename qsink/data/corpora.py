@@ -17,13 +17,11 @@ The cache lives in ``$QSINK_HOME/corpora/NAME/`` with one ``SPLIT.txt`` per spli
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from qsink.config import qsink_home, sha256_file, sha256_text
+from qsink.config import atomic_write_text, qsink_home, sha256_file, sha256_text
 from qsink.data import debian, readers
 from qsink.errors import QsinkError
 from qsink.registry import Registry
@@ -145,18 +143,11 @@ def fetch(name: str, force: bool = False, log: Callable[[str], None] = print) ->
     out.mkdir(parents=True, exist_ok=True)
     manifest = {"corpus": name, "package": corpus.package, "deb": deb.name, "deb_sha256": sha256_file(deb), "splits": {}}
     for split, text in splits.items():
-        _atomic_write(out / f"{split}.txt", text)
+        atomic_write_text(out / f"{split}.txt", text)
         manifest["splits"][split] = {"sha256": sha256_text(text), "chars": len(text), "bytes": len(text.encode())}
-    _atomic_write(out / "manifest.json", json.dumps(manifest, indent=2))
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
     log(f"  {name}: " + ", ".join(f"{s} {v['chars']:,} chars" for s, v in manifest["splits"].items()))
     return manifest
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def load_corpus(name: str, split: str | None = None, log: Callable[[str], None] = print) -> Text:

@@ -8,6 +8,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from qsink.config import atomic_write_text
 from qsink.errors import QsinkError
 from qsink.results.record import SCHEMA
 
@@ -50,17 +51,7 @@ class RecordStore:
 
     def write(self, record: dict, stem: str) -> Path:
         path = self.path_for(stem, record["key"])
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(record, f, indent=2, sort_keys=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; records are for everyone to read
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, json.dumps(record, indent=2))
         return path
 
     def load_all(self, schema: str = SCHEMA) -> list[dict]:

@@ -20,7 +20,6 @@ class LLMInt8(Handler):
     def __init__(self, threshold: float = 6.0, int8_weights: bool = False):
         self.threshold = float(threshold)
         self.int8_weights = bool(int8_weights)
-        self.qlinears = {}
 
     def check(self, scheme) -> None:
         if scheme.act is None or scheme.act.dtype != "int" or scheme.act.bits != 8:
@@ -30,9 +29,6 @@ class LLMInt8(Handler):
 
     def linear_options(self, layer: int, name: str) -> dict:
         return {"outlier_threshold": self.threshold}
-
-    def after_calibration(self, qlinears: dict) -> None:
-        self.qlinears = qlinears
 
     def install(self, model, ctx) -> list:
         if self.int8_weights:
