@@ -204,7 +204,8 @@ def load_hf_dataset(spec: str) -> Text:
 
 
 def resolve_data(data: str | None, text_file: str | None, log: Callable[[str], None] = print) -> Text:
-    """Text from ``--data NAME[:SPLIT]`` (or ``file:PATH``, ``hf:NAME[:CONFIG]``) or ``--text FILE``."""
+    """Text from ``--data NAME[:SPLIT]`` (or ``file:PATH``, ``hf:NAME[:CONFIG]``, the synthetic
+    ``bb:SPLIT``) or ``--text FILE``."""
     if data and text_file:
         raise QsinkError("give either --data or --text, not both")
     if text_file:
@@ -215,4 +216,8 @@ def resolve_data(data: str | None, text_file: str | None, log: Callable[[str], N
     if data.startswith("hf:"):
         return load_hf_dataset(data)
     name, _, split = data.partition(":")
+    from qsink.data.synthetic import SYNTHETIC, load_synthetic
+
+    if name in SYNTHETIC:
+        return load_synthetic(name, split or None)
     return load_corpus(name, split or None, log=log)

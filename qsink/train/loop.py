@@ -53,6 +53,12 @@ def loss_window_labels(ids: torch.Tensor, loss_min: int, loss_max: int | None) -
     return labels
 
 
+def same_recipe(saved: dict, r: TrainRecipe) -> bool:
+    """Whether a checkpoint's saved recipe is ``r``; keys added to recipes since then count at their default."""
+    defaults = TrainRecipe(variant=r.variant).to_dict()
+    return {**defaults, **saved} == {**defaults, **r.to_dict()} and all(k in defaults for k in saved)
+
+
 def lr_at(step: int, r: TrainRecipe) -> float:
     if step < r.warmup:
         return r.lr * (step + 1) / r.warmup
@@ -176,7 +182,7 @@ def train(r: TrainRecipe, out: Path, resume: bool = False, device: str = "cpu", 
     if not resume and state_file.is_file():
         raise QsinkError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
     texts = [resolve_data(d, None, log=log) for d in r.data]
-    tok = train_tokenizer(texts, r.vocab_size, log=log)
+    tok = train_tokenizer(texts, r.vocab_size, log=log, kind=r.tokenizer)
     stream = TokenStream(torch.tensor([t for text in texts for t in tokenize(tok, text.text)], dtype=torch.int32), tok.bos_token_id)
     val = TokenStream(torch.tensor(tokenize(tok, resolve_data(r.val_data, None, log=log).text), dtype=torch.int32), tok.bos_token_id)
     val_batches = val.fixed(r.eval_batches * r.batch_size, r.seq_len)
@@ -188,7 +194,7 @@ def train(r: TrainRecipe, out: Path, resume: bool = False, device: str = "cpu", 
     step, history = 0, []
     if resume:
         state = json.loads(state_file.read_text())
-        if state["recipe"] != r.to_dict():
+        if not same_recipe(state["recipe"], r):
             raise QsinkError(f"{out} was trained with a different recipe; resume with the same recipe or use another --out")
         model.load_state_dict(load_file(out / "model.safetensors"), strict=False)
         if cfg.tie_word_embeddings:

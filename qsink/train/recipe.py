@@ -29,7 +29,8 @@ class TrainRecipe:
     model: dict = field(default_factory=dict)  # QsinkConfig overrides on top of the variant
     data: list = field(default_factory=lambda: ["austen:train", "tdavid", "web"])
     val_data: str = "austen:validation"
-    vocab_size: int = 4096
+    tokenizer: str = "bpe"  # "bpe" (real text) or "word" (one id per word: the synthetic bb language)
+    vocab_size: int = 4096  # BPE vocabulary; a word tokenizer's size is the data's word count
     seq_len: int = 256  # tokens per training sequence, BOS included
     batch_size: int = 16
     steps: int = 1000
@@ -54,6 +55,8 @@ class TrainRecipe:
             raise QsinkError(f"unknown variant {self.variant!r}; known: {', '.join(VARIANTS)}")
         if self.seq_len < 2 or self.batch_size < 1 or self.steps < 1:
             raise QsinkError("seq_len must be >= 2, batch_size and steps >= 1")
+        if self.tokenizer not in ("bpe", "word"):
+            raise QsinkError(f"unknown tokenizer {self.tokenizer!r}; choose from bpe, word")
         if self.loss_max is not None and self.loss_max < self.loss_min:
             raise QsinkError("loss_max must be >= loss_min")
 

@@ -40,10 +40,16 @@ def test_recipes_inherit_and_validate(tmp_path):
 def test_every_shipped_recipe_loads():
     from pathlib import Path
 
-    recipes = sorted(Path(__file__).resolve().parents[2].joinpath("recipes/variants").glob("*.yaml"))
-    assert len(recipes) >= 18
-    names = {load_recipe(p).name for p in recipes}
-    assert {"baseline", "sandwich", "qknorm", "dyt", "gate-head", "vscale", "long-only", "baseline-wd"} <= names
+    root = Path(__file__).resolve().parents[2] / "recipes"
+    for folder, prefix in (("variants", ""), ("bb", "bb-")):
+        recipes = sorted((root / folder).glob("*.yaml"))
+        assert len(recipes) >= 18
+        names = {load_recipe(p).name for p in recipes}
+        assert {prefix + n for n in ("baseline", "sandwich", "qknorm", "dyt", "gate-head", "vscale", "long-only",
+                                     "baseline-wd")} <= names
+    assert all(load_recipe(p).tokenizer == "word" for p in (root / "bb").glob("*.yaml"))
+    for p in (root / "search").glob("*.yaml"):
+        load_recipe(p)
 
 
 def test_loss_window():
@@ -149,3 +155,15 @@ def test_time_budget_stops_with_a_checkpoint(sample_text_file, tmp_path):
     res = train(r, tmp_path / "t", log=lambda m: None)
     assert 0 < res.step < 100000 and res.val_loss is not None
     assert json.loads((tmp_path / "t" / "trainer_state.json").read_text())["step"] == res.step
+
+
+def test_checkpoints_from_before_a_new_recipe_key_still_resume():
+    from qsink.train.loop import same_recipe
+
+    r = TrainRecipe(name="x", lr=1e-3)
+    saved = r.to_dict()
+    del saved["tokenizer"]  # a checkpoint written before the key existed, at its default
+    assert same_recipe(saved, r)
+    assert not same_recipe({**saved, "lr": 2e-3}, r)
+    assert not same_recipe(saved, TrainRecipe(name="x", lr=1e-3, tokenizer="word"))
+    assert not same_recipe({**saved, "retired_key": 1}, r)
