@@ -1,6 +1,7 @@
 """Benchmarks: ratios measured side by side in one run, on the same windows (never timed tests).
 
 ``qsink bench measure``: the profiler against a plain forward with ``output_hidden_states=True``.
+``qsink bench ppl``: fp perplexity against lm-eval's rolling-loglikelihood scorer on the same windows.
 Passes alternate (plain, profile, plain, profile, ...) after a warm-up, and each side keeps its
 fastest pass, so a background hiccup does not decide the ratio.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 from qsink.config import atomic_write_text
-from qsink.data.windows import make_windows
+from qsink.data.windows import adds_bos, make_windows
 from qsink.measure.profiler import ProfileSettings, profile
 from qsink.results.record import env_info
 
@@ -95,6 +96,59 @@ def bench_quant(model, tok, text, calib_text, cells=(("w8a8", "none"), ("w4a4", 
         "repeats": repeats, "seconds": times, "best_s": best, "ppl": ppl,
         "ratio": {k: best[k] / best["fp"] for k in best if k != "fp"},
         "target": {"w8a8+none": "<= 1.3", "w4a4+hadamard": "<= 1.6"},
+        "machine": machine(), "env": env_info(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def bench_ppl(model, tok, text, windows_n: int = 8, ctx: int = 512, repeats: int = 2, batch_size: int = 4, log=print) -> dict:
+    """qsink's fp perplexity against lm-eval's rolling-loglikelihood scoring on the same windows.
+
+    lm-eval's ``HFLM.loglikelihood_rolling`` cuts a document into windows and scores them with
+    ``HFLM._loglikelihood_tokens``; here that scorer gets qsink's own windows as its
+    (context, continuation) pairs (context = the window's first token, continuation = the rest),
+    so both sides score exactly the same tokens with exactly the same context. Agreement is the
+    token-level perplexity from lm-eval's per-window log-likelihoods; speed is each side's best
+    pass. For reference, lm-eval's full ``loglikelihood_rolling`` on the same tokens as one
+    document (its own windows: ``ctx`` tokens each, the first conditioned on its prefix token) is
+    timed too.
+    """
+    import math
+
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from qsink.evaluate.perplexity import perplexity
+
+    windows = make_windows(tok, text, ctx, max_tokens=windows_n * (ctx - 1 if adds_bos(tok) else ctx))
+    ids = windows.input_ids.tolist()
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size, max_length=ctx)
+    requests = [(None, w[:1], w[1:]) for w in ids]
+    perplexity(model, tok, make_windows(tok, text, ctx, max_tokens=ctx), batch_size)  # warm-up
+    times = {"qsink": [], "lm_eval_same_windows": [], "lm_eval_rolling": []}
+    doc = tok.decode(sum((w[1:] if windows.bos else w for w in ids), []))
+    for r in range(repeats):
+        res = perplexity(model, tok, windows, batch_size)
+        times["qsink"].append(res.wall_s)
+        t0 = time.perf_counter()
+        lls = lm._loglikelihood_tokens(requests, disable_tqdm=True)
+        times["lm_eval_same_windows"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        rolling = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (doc,), 0)], disable_tqdm=True)
+        times["lm_eval_rolling"].append(time.perf_counter() - t0)
+        log(f"  pass {r + 1}/{repeats}: qsink {times['qsink'][-1]:.1f} s, lm-eval same windows "
+            f"{times['lm_eval_same_windows'][-1]:.1f} s, lm-eval rolling {times['lm_eval_rolling'][-1]:.1f} s")
+    n = windows.n_scored
+    ppl_lm = math.exp(-sum(ll for ll, _ in lls) / n)
+    n_rolling = len(lm.tok_encode(doc))
+    best = {k: min(v) for k, v in times.items()}
+    return {
+        "benchmark": "fp_perplexity_vs_lm_eval", "windows": windows.n_windows, "ctx": ctx, "batch_size": batch_size,
+        "repeats": repeats, "seconds": times, "best_s": best, "scored_tokens": n,
+        "ppl_qsink": res.ppl, "ppl_lm_eval_same_windows": ppl_lm, "ppl_rel_diff": abs(ppl_lm - res.ppl) / res.ppl,
+        "ppl_lm_eval_rolling_own_windows": math.exp(-rolling[0] / n_rolling), "rolling_scored_tokens": n_rolling,
+        "speed_ratio_same_windows": best["lm_eval_same_windows"] / best["qsink"],
+        "speed_ratio_rolling_per_token": (best["lm_eval_rolling"] / n_rolling) / (best["qsink"] / n),
+        "target": "speed ratios >= 1 (qsink at least as fast); ppl_rel_diff small",
         "machine": machine(), "env": env_info(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

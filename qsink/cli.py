@@ -63,9 +63,14 @@ def _progress() -> Progress:
 
 @app.command()
 def evaluate(
-    models: List[str] = typer.Argument(..., help="Built-in names, .gguf files or Hugging Face checkpoint directories."),
+    ctx_: typer.Context,
+    models: Optional[List[str]] = typer.Argument(None, help="Built-in names, .gguf files or Hugging Face checkpoint directories."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="A YAML evaluation matrix (recipes/eval/*.yaml); command-line options win."),
     scheme: List[str] = typer.Option(["fp"], "--scheme", "-s", help="Scheme name(s), comma-separated or repeated; 'qsink schemes' lists them. NAME+kvB adds B-bit k/v quantization."),
     handling: List[str] = typer.Option(["none"], "--handling", help="Outlier-handling method(s), comma-separated or repeated."),
+    task: List[str] = typer.Option([], "--task", "-t", help="Downstream task(s) scored through lm-eval on every cell: qsink_cloze, qsink_sentiment, or an lm-eval task name."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Items per task (default: all)."),
+    num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", help="Few-shot examples per task item."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Corpus NAME[:SPLIT] (default austen:test) or hf:NAME[:CONFIG]."),
     text: Optional[Path] = typer.Option(None, "--text", help="Evaluate on this UTF-8 text file instead of a corpus."),
     ctx: int = typer.Option(512, "--ctx", help="Tokens per window."),
@@ -75,6 +80,7 @@ def evaluate(
     calib_data: str = typer.Option("austen:train", "--calib-data", help="Calibration corpus NAME[:SPLIT]; never the test split."),
     backend: str = typer.Option("fake", "--backend", help="fake (qsink's fake quantization) or bnb (bitsandbytes kernels)."),
     include: List[str] = typer.Option([], "--include", help="Also quantize lm_head and/or embed (default: they stay in high precision)."),
+    profile_samples: int = typer.Option(16, "--profile-samples", help="Windows for each model's spike/sink profile, attached to its records (0 = none)."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     seed: int = typer.Option(0, "--seed"),
@@ -82,52 +88,88 @@ def evaluate(
     force: bool = typer.Option(False, "--force", help="Recompute cells whose record already exists."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow custom model code from a checkpoint directory."),
 ) -> None:
-    """Perplexity of each model under each scheme x outlier handling (fp once); one JSON record per cell."""
+    """The matrix models x schemes x outlier handling (fp once per model): perplexity, downstream accuracy,
+    the model's spike profile and SQNR, one resumable JSON record per cell."""
     from qsink.data import resolve_data
     from qsink.evaluate import EvalSettings, run_cells
     from qsink.evaluate.runner import plan_cells
     from qsink.models import resolve
     from qsink.results import RecordStore
 
-    if backend not in ("fake", "bnb"):
-        raise QsinkError(f"unknown backend {backend!r}; use fake or bnb")
-    if batch_size < 1 or calib < 1:
+    opts = dict(models=models or [], schemes=scheme, handling=handling, tasks=task, limit=limit, num_fewshot=num_fewshot,
+                data=data, ctx=ctx, max_tokens=max_tokens, batch_size=batch_size, calib=calib, calib_data=calib_data,
+                backend=backend, include=include, profile_samples=profile_samples, dtype=dtype, device=device,
+                seed=seed, out=out_dir, trust_remote_code=trust_remote_code)
+    if recipe:
+        from qsink.evaluate.recipe import load_eval_recipe
+
+        params = {"models": "models", "schemes": "scheme", "handling": "handling", "tasks": "task", "out": "out_dir"}
+        for key, value in load_eval_recipe(recipe).items():
+            source = ctx_.get_parameter_source(params.get(key, key))  # typer vendors click: compare by name
+            if getattr(source, "name", None) != "COMMANDLINE":
+                opts[key] = Path(value) if key == "out" else value
+    if not opts["models"]:
+        raise QsinkError("name at least one model (or pass --recipe); 'qsink models' lists the built-in ones")
+    if opts["backend"] not in ("fake", "bnb"):
+        raise QsinkError(f"unknown backend {opts['backend']!r}; use fake or bnb")
+    if opts["batch_size"] < 1 or opts["calib"] < 1:
         raise QsinkError("--batch-size and --calib must be at least 1")
-    cells, dropped = plan_cells(_split_names(scheme), _split_names(handling), backend)  # before anything is read
+    if opts["limit"] is not None and opts["limit"] < 1:
+        raise QsinkError("--limit must be at least 1")
+    cells, dropped = plan_cells(_split_names(opts["schemes"]), _split_names(opts["handling"]), opts["backend"])
+    tasks = _split_names(opts["tasks"])
+    if tasks:
+        from qsink.evaluate.lmeval import check_tasks
+
+        check_tasks(tasks)  # before anything is loaded
     for reason in dropped:
         _log(f"skipping {reason}")
-    settings = EvalSettings(ctx=ctx, max_tokens=max_tokens or None, batch_size=batch_size, dtype=dtype, device=device,
-                            seed=seed, calib=calib, calib_data=calib_data, backend=backend,
-                            include=tuple(_include(_split_names(include), backend)),
-                            trust_remote_code=trust_remote_code, force=force)
+    settings = EvalSettings(ctx=opts["ctx"], max_tokens=opts["max_tokens"] or None, batch_size=opts["batch_size"],
+                            dtype=opts["dtype"], device=opts["device"], seed=opts["seed"], calib=opts["calib"],
+                            calib_data=opts["calib_data"], backend=opts["backend"],
+                            include=tuple(_include(_split_names(opts["include"]), opts["backend"])),
+                            trust_remote_code=opts["trust_remote_code"], force=force, tasks=tuple(tasks),
+                            limit=opts["limit"], num_fewshot=opts["num_fewshot"], profile_samples=opts["profile_samples"])
+    out_dir = Path(opts["out"])
     store = RecordStore(out_dir)
     store.ensure_writable()
-    resolved = [resolve(m) for m in models]  # bad model paths fail before any data is fetched
-    corpus = resolve_data(data, str(text) if text else None, log=_log)
+    resolved = [resolve(m) for m in _split_names(opts["models"])]  # bad model paths fail before any data is fetched
+    corpus = resolve_data(opts["data"], str(text) if text else None, log=_log)
     calib_text = None
     if any(c.scheme != "fp" for c in cells):
-        if calib_data.endswith(":test"):
+        if settings.calib_data.endswith(":test"):
             raise QsinkError("calibration must not read a test split; pass --calib-data with a train or validation split")
-        calib_text = resolve_data(calib_data, None, log=_log)
+        calib_text = resolve_data(settings.calib_data, None, log=_log)
     with _progress() as progress:
-        outcomes = run_cells(resolved, cells, corpus, settings, store, calib_text=calib_text, log=_log,
-                             progress_factory=_windows_progress(progress))
-    table = Table(title=f"perplexity on {corpus.name} (ctx {ctx})")
-    for col in ("model", "cell", "status", "ppl", "Δppl %", "bits/byte", "SQNR dB", "tok/s"):
+        overall = progress.add_task(f"matrix: {len(resolved)} model(s) x {len(cells)} cell(s)", total=len(resolved) * len(cells))
+        try:
+            outcomes = run_cells(resolved, cells, corpus, settings, store, calib_text=calib_text, log=_log,
+                                 progress_factory=_windows_progress(progress),
+                                 on_cell=lambda o: progress.advance(overall))
+        except QsinkError:
+            for t in progress.task_ids:  # the error line alone, no half-drawn bars
+                progress.update(t, visible=False)
+            raise
+    table = Table(title=f"perplexity on {corpus.name} (ctx {settings.ctx})")
+    cols = ["model", "cell", "status", "ppl", "Δppl %", "bits/byte", "SQNR dB", "spike", "sinks"]
+    cols += [t.removeprefix("qsink_") for t in tasks] + ["tok/s"]
+    for col in cols:
         table.add_column(col, justify="left" if col in ("model", "cell", "status") else "right")
     for o in outcomes:
-        m, t = o.record["metrics"], o.record["timing"]
+        m, t, prof = o.record["metrics"], o.record["timing"], o.record.get("profile") or {}
         status = "cached" if o.skipped else o.record["status"]
-        fmt = lambda k, f: f.format(m[k]) if m.get(k) is not None else "-"  # noqa: E731
-        table.add_row(o.model, o.cell.label, status, fmt("ppl", "{:.3f}"), fmt("delta_ppl_pct", "{:+.2f}"), fmt("bpb", "{:.4f}"),
-                      fmt("sqnr_db_mean", "{:.1f}"), f"{t.get('tokens_per_s', 0):.0f}")
+        fmt = lambda v, f: f.format(v) if v is not None else "-"  # noqa: E731
+        accs = [fmt(m.get("tasks", {}).get(name, {}).get("acc"), "{:.3f}") for name in tasks]
+        table.add_row(o.model, o.cell.label, status, fmt(m.get("ppl"), "{:.3f}"), fmt(m.get("delta_ppl_pct"), "{:+.2f}"),
+                      fmt(m.get("bpb"), "{:.4f}"), fmt(m.get("sqnr_db_mean"), "{:.1f}"), fmt(prof.get("spike_magnitude"), "{:.4g}"),
+                      fmt(prof.get("sink_ratio"), "{:.2f}"), *accs, f"{t.get('tokens_per_s', 0):.0f}")
         if o.record["status"] != "ok":
             _log(f"{o.model} [{o.cell.label}] failed: {o.record['error']}")
     out.print(table)
     skipped = sum(o.skipped for o in outcomes)
     if skipped:
         _log(f"{skipped} cell(s) already had a record and were not recomputed (--force recomputes them)")
-    _log(f"records in {out_dir}/")
+    _log(f"records in {out_dir}/; 'qsink leaderboard --results {out_dir}' tabulates them")
 
 
 @app.command()
@@ -238,31 +280,79 @@ def train(
 @app.command("leaderboard")
 def leaderboard_cmd(
     results: Path = typer.Option(Path("runs"), "--results", help="Directory of JSON records."),
-    csv: Optional[Path] = typer.Option(None, "--csv", help="Write the full leaderboard here."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="Write the full leaderboard here (one row per cell)."),
     sort: str = typer.Option("ppl", "--sort", help="Column to sort by."),
+    group_by: List[str] = typer.Option([], "--group-by", help="Also show a summary per group of these columns (e.g. scheme,handling)."),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="Write the Δppl-vs-spike and heatmap PNGs into this directory."),
 ) -> None:
-    """A table with one row per record (all columns derived from the records); optionally a CSV."""
+    """One row per record (all columns derived from the records), Spearman's rho between spike magnitude and
+    Δppl per scheme, optional group summaries, CSV and plots."""
     from qsink.config import atomic_write_text
     from qsink.results import RecordStore, leaderboard
+    from qsink.results.leaderboard import correlations, group_summary
 
     df = leaderboard(RecordStore(results).load_all(), sort=sort)
     if df.empty:
         raise QsinkError(f"no records in {results}; run 'qsink evaluate' first")
     if sort not in df.columns:
-        raise QsinkError(f"no column {sort!r} to sort by; try ppl, bpb, model or scheme")
+        raise QsinkError(f"no column {sort!r} to sort by; try ppl, delta_ppl_pct, bpb, model or scheme")
+    groups = _split_names(group_by)
+    missing = [g for g in groups if g not in df.columns]
+    if missing:
+        raise QsinkError(f"no column(s) {', '.join(missing)} to group by; try model, scheme, handling, norm")
     if csv:
         csv.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(csv, df.to_csv(index=False))
     table = Table(title=f"leaderboard ({len(df)} records in {results})")
-    shown = [c for c in ("model", "scheme", "handling", "data", "ctx", "status", "ppl", "delta_ppl_pct", "bpb", "sqnr_db_mean",
-                         "tokens_per_s") if c in df.columns]
+    shown = [c for c in ("model", "scheme", "handling", "status", "ppl", "delta_ppl_pct", "sqnr_db_mean", "spike_magnitude",
+                         "sink_ratio") if c in df.columns] + [c for c in df.columns if c.startswith("acc.")]
     for col in shown:
-        table.add_column(col)
+        table.add_column(col.replace("delta_ppl_pct", "Δppl %").replace("spike_magnitude", "spike").replace("sqnr_db_mean", "SQNR"))
     for _, row in df.iterrows():
-        table.add_row(*[f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in shown])
+        table.add_row(*["-" if row[c] is None or row[c] != row[c] else f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c])
+                        for c in shown])
     out.print(table)
+    if groups:
+        summary = group_summary(df, groups)
+        gt = Table(title=f"per {', '.join(groups)}")
+        for col in summary.columns:
+            gt.add_column(col)
+        for _, row in summary.iterrows():
+            gt.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+        out.print(gt)
+    corr = correlations(df)
+    if not corr.empty:
+        ct = Table(title="Spearman rho across models: spike magnitude / max kurtosis vs Δppl %")
+        for col in ("scheme", "handling", "n", "rho_spike", "p_spike", "rho_kurtosis", "p_kurtosis", "note"):
+            ct.add_column(col)
+        for _, r in corr.iterrows():
+            ct.add_row(r["scheme"], r["handling"], str(r["n"]), *[f"{r[c]:+.2f}" if r[c] == r[c] else "-" for c in ("rho_spike",)],
+                       f"{r['p_spike']:.3f}" if r["p_spike"] == r["p_spike"] else "-",
+                       f"{r['rho_kurtosis']:+.2f}" if r["rho_kurtosis"] == r["rho_kurtosis"] else "-",
+                       f"{r['p_kurtosis']:.3f}" if r["p_kurtosis"] == r["p_kurtosis"] else "-", r["note"])
+        out.print(ct)
     if csv:
         out.print(f"wrote {csv} ({len(df)} rows, {len(df.columns)} columns)")
+    if plots:
+        from qsink.results.plots import plot_delta_vs_spike, plot_heatmap
+
+        made = [p for p in (plot_delta_vs_spike(df, plots / "delta-vs-spike.png"), plot_heatmap(df, plots / "heatmap.png")) if p]
+        _log("plots: " + (", ".join(str(p) for p in made) if made else "none (no quantized cells with a profile)"))
+
+
+@app.command()
+def report(
+    results: Path = typer.Option(Path("runs"), "--results", help="Directory of JSON records."),
+    out_file: Path = typer.Option(Path("report.md"), "--out", help="Markdown file to write (plots go beside it)."),
+    title: str = typer.Option("qsink report", "--title"),
+) -> None:
+    """A Markdown report: models and their outlier profiles, quantized cells, Spearman summary, plots."""
+    from qsink.results import RecordStore
+    from qsink.results.report import build_report
+
+    records = RecordStore(results).load_all()
+    path = build_report(records, out_file, title=title, command=f"qsink report --results {results} --out {out_file}")
+    out.print(f"wrote {path}")
 
 
 @app.command("models")
@@ -358,6 +448,27 @@ def bench_measure_cmd(
     write_json(doc, out_file)
     out.print(f"measure / plain forward = {doc['ratio']:.2f} (best of {repeats}: {doc['best_s']['measure']:.1f} s vs "
               f"{doc['best_s']['plain_forward_hidden_states']:.1f} s, {samples} x {ctx} tokens); wrote {out_file}", highlight=False)
+
+
+@bench_app.command("ppl")
+def bench_ppl_cmd(
+    model: str = typer.Argument("smollm2-135m"),
+    windows: int = typer.Option(8, "--windows", "-n"),
+    ctx: int = typer.Option(512, "--ctx"),
+    repeats: int = typer.Option(2, "--repeats"),
+    out_file: Path = typer.Option(Path("results/bench/ppl.json"), "--out"),
+) -> None:
+    """fp perplexity wall time: lm-eval's rolling-loglikelihood scorer / qsink on the same windows (target >= 1), and agreement."""
+    from qsink.bench import bench_ppl, write_json
+    from qsink.data import load_corpus
+    from qsink.models import load
+
+    m, tok = load(model, log=_log)
+    doc = bench_ppl(m, tok, load_corpus("austen", "test", log=_log), windows_n=windows, ctx=ctx, repeats=repeats, log=_log)
+    write_json(doc, out_file)
+    out.print(f"ppl qsink {doc['ppl_qsink']:.4f} vs lm-eval {doc['ppl_lm_eval_same_windows']:.4f} (rel diff {doc['ppl_rel_diff']:.1e}); "
+              f"lm-eval / qsink wall time: {doc['speed_ratio_same_windows']:.2f} on the same windows, "
+              f"{doc['speed_ratio_rolling_per_token']:.2f} per token for its own rolling windows; {out_file}", highlight=False)
 
 
 @bench_app.command("quant")

@@ -64,3 +64,37 @@ def sha256_cached(path: Path) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def merge_dicts(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``: mappings merge key by key, everything else is replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_yaml(path: str | Path, _seen: tuple = ()) -> dict:
+    """A YAML recipe with its ``include:`` files (relative to it) merged underneath, depth first."""
+    import yaml
+
+    from qsink.errors import QsinkError
+
+    path = Path(path).resolve()
+    if path in _seen:
+        raise QsinkError(f"recipe include cycle: {' -> '.join(str(p) for p in _seen + (path,))}")
+    if not path.is_file():
+        raise QsinkError(f"recipe {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise QsinkError(f"recipe {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise QsinkError(f"recipe {path} must be a mapping of keys to values")
+    include = raw.pop("include", None)
+    if include is None:
+        return raw
+    base: dict = {}
+    for inc in [include] if isinstance(include, str) else include:
+        base = merge_dicts(base, load_yaml(path.parent / inc, _seen + (path,)))
+    return merge_dicts(base, raw)

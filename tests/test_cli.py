@@ -13,6 +13,11 @@ import pytest
 from qsink.cli import main
 
 
+def cell_records(out):
+    """The evaluation records in ``out`` (profiles that evaluate attaches live beside them)."""
+    return [p for p in out.glob("*.json") if "__profile__" not in p.name]
+
+
 def run(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -26,7 +31,7 @@ def test_evaluate_writes_a_record_and_resumes(tiny_model_dir, sample_text_file, 
     args = ["evaluate", str(tiny_model_dir), "--text", str(sample_text_file), "--ctx", "32", "--max-tokens", "256", "--out", str(out)]
     code, stdout, _ = run(args, capsys)
     assert code == 0
-    records = list(out.glob("*.json"))
+    records = cell_records(out)
     assert len(records) == 1
     rec = json.loads(records[0].read_text())
     assert rec["schema"] == "qsink.record/1" and rec["status"] == "ok"
@@ -44,7 +49,7 @@ def test_evaluate_writes_a_record_and_resumes(tiny_model_dir, sample_text_file, 
     assert code == 0 and records[0].stat().st_mtime_ns != mtime
 
     code, _, _ = run(args[:-4] + ["--ctx", "16", "--out", str(out)], capsys)  # a new cell
-    assert code == 0 and len(list(out.glob("*.json"))) == 2
+    assert code == 0 and len(cell_records(out)) == 2
 
     csv = tmp_path / "lb.csv"
     code, stdout, _ = run(["leaderboard", "--results", str(out), "--csv", str(csv)], capsys)
@@ -161,7 +166,7 @@ def test_matrix_of_schemes_and_handling(tiny_model_dir, sample_text_file, tmp_pa
     code, stdout, stderr = run(args, capsys)
     assert code == 0, stderr
     assert "skipping w4a4+llm-int8" in stderr
-    recs = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    recs = [json.loads(p.read_text()) for p in cell_records(out)]
     cells = sorted((r["identity"]["scheme"], r["identity"]["handling"]) for r in recs)
     assert cells == [("fp", "none"), ("w4a4", "hadamard"), ("w4a4", "none"), ("w8a8", "hadamard"), ("w8a8", "llm-int8"), ("w8a8", "none")]
     fp = next(r for r in recs if r["identity"]["scheme"] == "fp")
@@ -204,7 +209,50 @@ def test_a_failing_model_is_recorded_and_the_matrix_goes_on(tiny_model_dir, samp
     code, _, err = run(["evaluate", str(broken), str(tiny_model_dir), "--text", str(sample_text_file), "--ctx", "32",
                         "--max-tokens", "64", "--out", str(out)], capsys)
     assert code == 0
-    recs = {json.loads(p.read_text())["config"]["model"]["name"]: json.loads(p.read_text()) for p in out.glob("*.json")}
+    recs = {json.loads(p.read_text())["config"]["model"]["name"]: json.loads(p.read_text()) for p in cell_records(out)}
     assert recs["broken"]["status"] == "failed" and "non-finite" in recs["broken"]["error"]
     assert recs["tiny-llama"]["status"] == "ok"
     assert "broken [fp] failed" in err
+
+
+def test_evaluate_recipe_with_tasks_profile_leaderboard_and_report(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "rec"
+    recipe = tmp_path / "matrix.yaml"
+    recipe.write_text(f"models: [{tiny_model_dir}]\nschemes: w8a8\nhandling: [none]\ntasks: [qsink_sentiment]\n"
+                      f"limit: 8\ndata: austen:validation\nctx: 32\nmax_tokens: 124\ncalib: 1\ncalib_data: austen:train\n"
+                      f"profile_samples: 2\nout: {out}\n")
+    code, stdout, stderr = run(["evaluate", "--recipe", str(recipe), "--limit", "3"], capsys)  # the command line wins
+    assert code == 0, stderr
+    recs = {r["identity"]["scheme"]: r for r in (json.loads(p.read_text()) for p in cell_records(out))}
+    assert set(recs) == {"fp", "w8a8"}
+    (profile_path,) = out.glob("*__profile__*.json")
+    summary = json.loads(profile_path.read_text())["summary"]
+    for r in recs.values():
+        assert r["metrics"]["tasks"]["qsink_sentiment"]["n"] == 3
+        assert r["profile"]["spike_magnitude"] == summary["spike_magnitude"]
+        assert r["profile"]["sink_ratio"] == summary["sink_ratio"] and r["profile"]["samples"] == 2
+    w8 = recs["w8a8"]["metrics"]["tasks"]["qsink_sentiment"]
+    assert w8["delta_acc"] == pytest.approx(w8["acc"] - recs["fp"]["metrics"]["tasks"]["qsink_sentiment"]["acc"])
+
+    csv = tmp_path / "lb.csv"
+    code, stdout, _ = run(["leaderboard", "--results", str(out), "--csv", str(csv), "--group-by", "scheme",
+                           "--sort", "delta_ppl_pct", "--plots", str(tmp_path / "plots")], capsys)
+    assert code == 0 and "Spearman" in stdout and "too few" in stdout
+    df = pd.read_csv(csv)
+    assert {"acc.sentiment", "delta_acc.sentiment", "spike_magnitude", "sink_ratio", "kurtosis_max"} <= set(df.columns)
+    assert (tmp_path / "plots" / "delta-vs-spike.png").stat().st_size > 0
+    assert (tmp_path / "plots" / "heatmap.png").stat().st_size > 0
+    code, _, err = run(["leaderboard", "--results", str(out), "--group-by", "nrom"], capsys)
+    assert code == 2 and "no column(s) nrom" in err
+
+    code, stdout, _ = run(["report", "--results", str(out), "--out", str(tmp_path / "rep" / "report.md")], capsys)
+    assert code == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Quantized cells" in md and "## Does the spike predict the damage?" in md and "acc sentiment" in md
+    assert (tmp_path / "rep" / "report-delta-vs-spike.png").is_file()
+
+    (tmp_path / "bad.yaml").write_text("models: [x]\nschemez: [w8a8]\n")
+    code, _, err = run(["evaluate", "--recipe", str(tmp_path / "bad.yaml")], capsys)
+    assert code == 2 and "unknown key(s) schemez" in err
+    code, _, err = run(["evaluate", str(tiny_model_dir), "--task", "qsink_clozee"], capsys)
+    assert code == 2 and "unknown task(s) qsink_clozee" in err

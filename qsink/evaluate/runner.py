@@ -44,6 +44,10 @@ class EvalSettings:
     include: tuple[str, ...] = ()  # also quantize "lm_head" and/or "embed" (default: both stay fp)
     trust_remote_code: bool = False
     force: bool = False  # recompute cells whose record exists
+    tasks: tuple[str, ...] = ()  # lm-eval tasks scored on every cell (qsink_cloze, qsink_sentiment, ...)
+    limit: int | None = None  # items per task (None: all)
+    num_fewshot: int | None = None
+    profile_samples: int = 16  # windows of the eval text for the model's profile (0: no profile)
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,31 @@ def identity(model_sha: str, cell: Cell, text: Text, s: EvalSettings, calib_sha:
         ident.update(calib=s.calib, calib_data=s.calib_data, calib_sha256=calib_sha, backend=s.backend)
         if s.include:
             ident["include"] = sorted(s.include)
+    if s.tasks:
+        ident.update(tasks=sorted(s.tasks), task_limit=s.limit, num_fewshot=s.num_fewshot)
     return ident
+
+
+PROFILE_FIELDS = ("spike_magnitude", "spike_layer", "top1_median_max", "kurtosis_max", "has_massive", "sink_ratio",
+                  "alpha_mean", "step_up_layer", "step_down_layer", "linear_input_ratio_max")
+
+
+def model_profile(res, text: Text, settings: EvalSettings, store: RecordStore, loaded, log, progress_factory) -> dict | None:
+    """The model's profile summary on the eval text (``qsink measure``, cached in the same store)."""
+    if not settings.profile_samples:
+        return None
+    from qsink.measure.run import measure_model
+
+    try:
+        outcome = measure_model(res, text, store, ctx=settings.ctx, samples=settings.profile_samples, dtype=settings.dtype,
+                                device=settings.device, batch_size=1, loaded=loaded, log=log,
+                                on_batch_factory=progress_factory)
+    except QsinkError as e:  # a model that cannot be profiled (NaNs, say) still gets its cells recorded
+        log(f"{res.name}: no profile ({e})")
+        return {"error": str(e)}
+    summary = outcome.profile.summary
+    return {k: summary.get(k) for k in PROFILE_FIELDS} | {"key": outcome.profile.data["key"],
+                                                          "samples": settings.profile_samples}
 
 
 def run_cells(
@@ -111,6 +139,7 @@ def run_cells(
     calib_text: Text | None = None,
     log: Callable[[str], None] = print,
     progress_factory: Callable[[str, int], Callable[[int], None]] | None = None,
+    on_cell: Callable[[CellOutcome], None] | None = None,
 ) -> list[CellOutcome]:
     store.ensure_writable()
     resolved = [resolve(spec) for spec in model_specs]
@@ -125,6 +154,8 @@ def run_cells(
             found = None if settings.force else store.find_ok(cell_key(ident))
             if found:
                 outcomes.append(CellOutcome(res.name, cell, found[0], found[1], skipped=True))
+                if on_cell:
+                    on_cell(outcomes[-1])
                 if cell.scheme == "fp":
                     fp_record = found[1]
             else:
@@ -136,26 +167,41 @@ def run_cells(
                                 trust_remote_code=settings.trust_remote_code, log=log)
         check_ctx(model, settings.ctx, res.name)
         windows = make_windows(tokenizer, text, settings.ctx, settings.max_tokens)
+        prof = model_profile(res, text, settings, store, (model, tokenizer), log, progress_factory)
         calib = None
         if calib_text is not None and any(c.scheme != "fp" for c, _ in todo):
             calib = calibration_windows(tokenizer, calib_text, settings.calib, settings.ctx, settings.seed)
         for cell, ident in todo:
-            record = _run_cell(res, cell, ident, model, tokenizer, windows, calib, settings, fp_record, progress_factory)
+            record = _run_cell(res, cell, ident, model, tokenizer, windows, calib, settings, fp_record, progress_factory,
+                               log)
+            if prof is not None:
+                record["profile"] = prof
             if cell.scheme == "fp" and record["status"] == "ok":
                 fp_record = record
             path = store.write(record, f"{res.name}__{cell.label}")
             outcomes.append(CellOutcome(res.name, cell, path, record, skipped=False))
+            if on_cell:
+                on_cell(outcomes[-1])
         del model
     return outcomes
 
 
-def _run_cell(res, cell, ident, fp_model, tokenizer, windows, calib, settings, fp_record, progress_factory) -> dict:
+def model_fields(config) -> dict:
+    """What the leaderboard shows about a model: family, size, and qsink's variant switches."""
+    fields = {"family": config.model_type, "n_layers": getattr(config, "num_hidden_layers", None),
+              "hidden_size": getattr(config, "hidden_size", None)}
+    if config.model_type == "qsink":
+        fields["variant"] = {k: getattr(config, k) for k in ("norm", "gate", "vscale", "ffn", "softmax")}
+    return fields
+
+
+def _run_cell(res, cell, ident, fp_model, tokenizer, windows, calib, settings, fp_record, progress_factory,
+              log=print) -> dict:
     scheme = get_scheme(cell.scheme)
     on_batch = progress_factory(f"{res.name} · {cell.label}", windows.n_windows) if progress_factory else None
     config = {
-        "model": {**res.to_dict(), "family": fp_model.config.model_type,
-                  "n_params": sum(p.numel() for p in fp_model.parameters()),
-                  "n_layers": getattr(fp_model.config, "num_hidden_layers", None)},
+        "model": {**res.to_dict(), **model_fields(fp_model.config),
+                  "n_params": sum(p.numel() for p in fp_model.parameters())},
         "scheme": scheme.to_dict(),
         "handling": cell.handling,
         "data": windows.describe(),
@@ -176,10 +222,26 @@ def _run_cell(res, cell, ident, fp_model, tokenizer, windows, calib, settings, f
                                          include=tuple(settings.include))
         prep_s = time.perf_counter() - t0
         result = perplexity(model, tokenizer, windows, settings.batch_size, on_batch=on_batch)
+        tasks, task_s = None, 0.0
+        if settings.tasks:
+            from qsink.evaluate.lmeval import run_tasks
+
+            t1 = time.perf_counter()
+            tasks = run_tasks(model, tokenizer, list(settings.tasks), limit=settings.limit,
+                              num_fewshot=settings.num_fewshot, batch_size=settings.batch_size, seed=settings.seed,
+                              log=log)
+            task_s = time.perf_counter() - t1
     except QsinkError as e:
         return make_record(ident, config, None, {"wall_s": time.perf_counter() - t0}, status="failed", error=str(e))
     metrics = result.to_dict()
     timing = {"wall_s": metrics.pop("wall_s"), "tokens_per_s": metrics.pop("tokens_per_s"), "prepare_s": prep_s}
+    if tasks is not None:
+        timing["tasks_s"] = task_s
+        fp_tasks = (fp_record or {}).get("metrics", {}).get("tasks", {})
+        for name, t in tasks.items():
+            if name in fp_tasks and t.get("acc") is not None and fp_tasks[name].get("acc") is not None:
+                t["delta_acc"] = t["acc"] - fp_tasks[name]["acc"]
+        metrics["tasks"] = tasks
     if fp_record is not None and "ppl" in fp_record.get("metrics", {}):
         fp = fp_record["metrics"]
         metrics.update(fp_ppl=fp["ppl"], delta_ppl=metrics["ppl"] - fp["ppl"],

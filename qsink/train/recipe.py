@@ -16,8 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import yaml
-
+from qsink.config import load_yaml, merge_dicts
 from qsink.errors import QsinkError
 from qsink.models.family.config import VARIANTS
 
@@ -67,40 +66,13 @@ class TrainRecipe:
         return asdict(self)
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _load_raw(path: Path, seen: tuple = ()) -> dict:
-    if path in seen:
-        raise QsinkError(f"recipe include cycle: {' -> '.join(str(p) for p in seen + (path,))}")
-    if not path.is_file():
-        raise QsinkError(f"recipe {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise QsinkError(f"recipe {path} is not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise QsinkError(f"recipe {path} must be a mapping of keys to values")
-    include = raw.pop("include", None)
-    if include is None:
-        return raw
-    base = {}
-    for inc in [include] if isinstance(include, str) else include:
-        base = _merge(base, _load_raw((path.parent / inc).resolve(), seen + (path,)))
-    return _merge(base, raw)
-
-
 def load_recipe(path: str | Path, size: str | None = None, overrides: dict | None = None) -> TrainRecipe:
-    raw = _merge(_load_raw(Path(path).resolve()), overrides or {})
+    raw = merge_dicts(load_yaml(path), overrides or {})
     if size:
         sizes = raw.get("sizes", {})
         if size not in sizes:
             raise QsinkError(f"recipe {path} has no size {size!r}; it has {', '.join(sizes) or 'none'}")
-        raw = _merge(raw, sizes[size])
+        raw = merge_dicts(raw, sizes[size])
     valid = {f.name for f in fields(TrainRecipe)}
     unknown = sorted(set(raw) - valid)
     if unknown:
