@@ -256,3 +256,30 @@ def test_evaluate_recipe_with_tasks_profile_leaderboard_and_report(tiny_model_di
     assert code == 2 and "unknown key(s) schemez" in err
     code, _, err = run(["evaluate", str(tiny_model_dir), "--task", "qsink_clozee"], capsys)
     assert code == 2 and "unknown task(s) qsink_clozee" in err
+
+
+def test_killed_matrix_keeps_only_complete_records_and_the_rerun_finishes(tiny_model_dir, sample_text_file, tmp_path, capsys):
+    """kill -9 in the middle of a matrix: what is on disk is whole, and the same command completes it."""
+    import signal
+    import time
+
+    out = tmp_path / "killed"
+    args = ["evaluate", str(tiny_model_dir), "--text", str(sample_text_file), "--ctx", "32", "--max-tokens", "2000",
+            "--scheme", "w8a8,w4a4,w4a8,nvfp4,mxfp4", "--handling", "none,hadamard", "--calib", "1",
+            "--calib-data", "austen:validation", "--profile-samples", "0", "--batch-size", "1", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen([sys.executable, "-m", "qsink", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(cell_records(out) if out.exists() else []) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = cell_records(out)
+    assert 2 <= len(done) < 11, "the kill came too late to test anything"
+    for p in done:
+        assert json.loads(p.read_text())["status"] == "ok"  # every file on disk is a whole record
+    code, _, stderr = run(args, capsys)
+    assert code == 0, stderr
+    assert f"{len(done)} cell(s) already had a record" in stderr
+    assert len(cell_records(out)) == 11  # fp + 5 schemes x 2 handlings
