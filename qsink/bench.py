@@ -126,15 +126,28 @@ def bench_ppl(model, tok, text, windows_n: int = 8, ctx: int = 512, repeats: int
     perplexity(model, tok, make_windows(tok, text, ctx, max_tokens=ctx), batch_size)  # warm-up
     times = {"qsink": [], "lm_eval_same_windows": [], "lm_eval_rolling": []}
     doc = tok.decode(sum((w[1:] if windows.bos else w for w in ids), []))
-    for r in range(repeats):
+    def run_qsink():
+        nonlocal res
         res = perplexity(model, tok, windows, batch_size)
-        times["qsink"].append(res.wall_s)
+        return res.wall_s
+
+    def run_same():
+        nonlocal lls
         t0 = time.perf_counter()
         lls = lm._loglikelihood_tokens(requests, disable_tqdm=True)
-        times["lm_eval_same_windows"].append(time.perf_counter() - t0)
+        return time.perf_counter() - t0
+
+    def run_rolling():
+        nonlocal rolling
         t0 = time.perf_counter()
         rolling = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (doc,), 0)], disable_tqdm=True)
-        times["lm_eval_rolling"].append(time.perf_counter() - t0)
+        return time.perf_counter() - t0
+
+    res = lls = rolling = None
+    order = [("qsink", run_qsink), ("lm_eval_same_windows", run_same), ("lm_eval_rolling", run_rolling)]
+    for r in range(repeats):
+        for name, fn in order if r % 2 == 0 else order[::-1]:  # ABC CBA ...: no side always goes first
+            times[name].append(fn())
         log(f"  pass {r + 1}/{repeats}: qsink {times['qsink'][-1]:.1f} s, lm-eval same windows "
             f"{times['lm_eval_same_windows'][-1]:.1f} s, lm-eval rolling {times['lm_eval_rolling'][-1]:.1f} s")
     n = windows.n_scored

@@ -23,7 +23,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Corpora: fetch and list the b
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
 
-out = Console()
+# tables are wide: when the output is a file or a pipe, do not squeeze them into 80 columns
+out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
 

@@ -8,6 +8,11 @@ from pathlib import Path
 import pandas as pd
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
+LABELS = {"delta_ppl_pct": "Δppl %", "delta_ppl": "Δppl", "spike_magnitude": "spike magnitude (max |h|)"}
+
+
+def _label(col: str) -> str:
+    return LABELS.get(col, col.replace("_", " "))
 
 
 def _plt():
@@ -45,13 +50,13 @@ def plot_delta_vs_spike(df: pd.DataFrame, path: Path, target: str = "delta_ppl_p
         if (g[target] > 0).all() and g[target].max() / max(g[target].min(), 1e-9) > 50:
             ax.set_yscale("log")
         ax.set_title(scheme, fontsize=9)
-        ax.set_xlabel("spike magnitude (max |h|)", fontsize=8)
-        ax.set_ylabel(target.replace("_", " "), fontsize=8)
+        ax.set_xlabel(_label("spike_magnitude"), fontsize=8)
+        ax.set_ylabel(_label(target), fontsize=8)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(schemes):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, title="handling", title_fontsize=7)
-    fig.suptitle(f"{target.replace('_', ' ')} vs spike magnitude, one point per model", fontsize=10)
+    fig.suptitle(f"{_label(target)} vs spike magnitude, one point per model", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -68,7 +73,7 @@ def plot_heatmap(df: pd.DataFrame, path: Path, target: str = "delta_ppl_pct", ha
     plt = _plt()
     from matplotlib.colors import SymLogNorm
 
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * table.shape[1], 1.0 + 0.45 * table.shape[0]))
+    fig, ax = plt.subplots(figsize=(max(5.5, 2.5 + 1.0 * table.shape[1]), max(3.0, 1.4 + 0.45 * table.shape[0])))
     vals = table.to_numpy(dtype=float)
     finite = vals[~pd.isna(vals)]
     vmax = max(float(abs(finite).max()) if finite.size else 1.0, 1.0)
@@ -82,8 +87,9 @@ def plot_heatmap(df: pd.DataFrame, path: Path, target: str = "delta_ppl_pct", ha
             if not pd.isna(v):
                 ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7,
                         color="white" if abs(v) > vmax ** 0.5 else "black")
-    fig.colorbar(im, ax=ax, label=target.replace("_", " "))
-    ax.set_title(f"{target.replace('_', ' ')} (handling: {handling})", fontsize=10)
+    cbar = fig.colorbar(im, ax=ax, label=_label(target))
+    cbar.ax.tick_params(labelsize=7)
+    ax.set_title(f"{_label(target)} by model and scheme (handling: {handling})", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

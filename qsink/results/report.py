@@ -56,7 +56,8 @@ def build_report(records: list[dict], out: Path, title: str = "qsink report", co
                          "top1_median_max", "kurtosis_max", "sink_ratio"] + [f"acc.{t}" for t in tasks] if c in fp.columns]
     if not fp.empty:
         models = fp[mcols].rename(columns={"config.model.n_params": "params", "ppl": "fp ppl", "spike_magnitude": "spike",
-                                           "top1_median_max": "top-1/median", "kurtosis_max": "max kurtosis"})
+                                           "top1_median_max": "top-1/median", "kurtosis_max": "max kurtosis",
+                                           "sink_ratio": "sink ratio", **{f"acc.{t}": f"acc {t}" for t in tasks}})
         lines += ["", "## Models: full-precision quality and outlier profile", "",
                   "Spike = largest |hidden state| over layers; top-1/median = the largest ratio of a layer's top activation "
                   "to its median; sink ratio = share of heads whose mean attention on the first token exceeds the threshold.",
