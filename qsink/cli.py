@@ -191,6 +191,7 @@ def measure(
     out_dir: Path = typer.Option(Path("runs"), "--out", help="Directory for the profile JSON and its plots."),
     force: bool = typer.Option(False, "--force", help="Recompute even if this profile exists."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+    attribution: bool = typer.Option(False, "--attribution", help="Also find the sub-layers that inject and remove each spike channel, and the injecting FFN's quadratic-form spectrum."),
 ) -> None:
     """Massive activations, attention sinks and outlier statistics of one model, in one pass."""
     from qsink.data import resolve_data
@@ -211,14 +212,34 @@ def measure(
     with _progress() as progress:
         outcome = measure_model(res, corpus, store, ctx=ctx, samples=samples, settings=settings, dtype=dtype, device=device,
                                 batch_size=batch_size, force=force, trust_remote_code=trust_remote_code, log=_log,
-                                on_batch_factory=_windows_progress(progress))
+                                on_batch_factory=_windows_progress(progress), attribution=attribution)
     doc = outcome.profile.to_dict()
     plots = plot_profile(doc, out_dir, outcome.path.stem, res.name)
     _print_profile(res.name, doc)
+    if doc.get("attribution"):
+        _print_attribution(doc["attribution"])
     if outcome.skipped:
         _log("this profile already existed and was not recomputed (--force recomputes it)")
     _log(f"profile: {outcome.path}")
     _log("plots: " + ", ".join(str(p) for p in plots))
+
+
+def _print_attribution(a: dict) -> None:
+    table = Table(title=f"step-up attribution on position {a['position']} (window {a['window']})")
+    for col in ("channel", "injected by", "Δ|h|", "removed by", "Δ|h| "):
+        table.add_column(col, justify="right")
+    for c in a["channels"]:
+        inj, rem = c["injector"], c["remover"]
+        table.add_row(str(c["channel"]), f"block {inj['block']} {inj['sublayer']}", f"{inj['delta_abs']:+.4g}",
+                      f"block {rem['block']} {rem['sublayer']}" if rem else "-", f"{rem['delta_abs']:+.4g}" if rem else "-")
+    out.print(table)
+    q = a.get("quadratic_form")
+    if q and "error" not in q:
+        sp, ty = q["spike_channel"], q["typical_channels"]
+        out.print(f"FFN of block {q['block']}, channel {q['channel']} as a quadratic form ({q['approximation']}): "
+                  f"lambda_1 {sp['lambda_1']:.4g}, |lambda_1/lambda_2| {sp['ratio']:.3g}, |cos(input, v_1)| {sp['cos_input_leading']:.3f}; "
+                  f"typical channels (median of {ty['n']}): |lambda_1| {ty['median_abs_lambda_1']:.3g}, ratio {ty['median_ratio']:.3g}, "
+                  f"|cos| {ty['median_cos_input_leading']:.3f}", highlight=False, markup=False)
 
 
 def _print_profile(name: str, doc: dict) -> None:

@@ -283,3 +283,19 @@ def test_killed_matrix_keeps_only_complete_records_and_the_rerun_finishes(tiny_m
     assert code == 0, stderr
     assert f"{len(done)} cell(s) already had a record" in stderr
     assert len(cell_records(out)) == 11  # fp + 5 schemes x 2 handlings
+
+
+def test_measure_attribution_is_added_to_a_cached_profile(tiny_model_dir, sample_text_file, tmp_path, capsys):
+    out = tmp_path / "attr"
+    args = ["measure", str(tiny_model_dir), "--text", str(sample_text_file), "--samples", "2", "--ctx", "32", "--out", str(out)]
+    code, _, _ = run(args, capsys)
+    assert code == 0
+    (path,) = out.glob("*__profile__*.json")
+    assert "attribution" not in json.loads(path.read_text())
+    code, stdout, stderr = run(args + ["--attribution"], capsys)
+    assert code == 0, stderr
+    (path2,) = out.glob("*__profile__*.json")
+    assert path2 == path  # the same record, now with the attribution
+    a = json.loads(path.read_text())["attribution"]
+    assert a["channels"] and {"injector", "remover", "steps"} <= set(a["channels"][0])
+    assert "step-up attribution" in stdout

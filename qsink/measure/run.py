@@ -45,17 +45,27 @@ def measure_model(
     loaded=None,
     log: Callable[[str], None] = print,
     on_batch_factory: Callable[[str, int], Callable[[int], None]] | None = None,
+    attribution: bool = False,
 ) -> MeasureOutcome:
-    """Profile one model on ``samples`` windows of ``text``; reuse a stored profile with the same identity."""
+    """Profile one model on ``samples`` windows of ``text``; reuse a stored profile with the same identity.
+
+    ``attribution``: also attribute the spike channels to the sub-layers that inject and remove them
+    (:mod:`qsink.measure.attribution`), stored in the same profile record (added to a cached one)."""
     settings = settings or ProfileSettings()
     res = resolve(spec)
     ident = profile_identity(res, text, ctx, samples, dtype, settings)
     key = cell_key(ident)
     found = None if force else store.find_ok(key)
-    if found:
+    if found and not (attribution and "attribution" not in found[1]):
         return MeasureOutcome(Profile.from_dict(found[1]), found[0], skipped=True)
     store.ensure_writable()
     model, tok = loaded or load(res, dtype=dtype, device=device, trust_remote_code=trust_remote_code, log=log)
+    if found:  # the cached profile gains the attribution
+        doc = dict(found[1])
+        windows = make_windows(tok, text, ctx, max_tokens=samples * (ctx - 1 if adds_bos(tok) else ctx))
+        doc["attribution"] = spike_attribution(model, windows.input_ids[:1], doc)
+        path = store.write(doc, f"{res.name}__profile")
+        return MeasureOutcome(Profile(doc), path, skipped=False)
     check_ctx(model, ctx, res.name)
     windows = make_windows(tok, text, ctx, max_tokens=samples * (ctx - 1 if adds_bos(tok) else ctx))
     on_batch = on_batch_factory(f"{res.name} · profile", windows.n_windows) if on_batch_factory else None
@@ -69,5 +79,29 @@ def measure_model(
         "env": env_info(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if attribution:
+        doc["attribution"] = spike_attribution(model, windows.input_ids[:1], doc)
     path = store.write(doc, f"{res.name}__profile")
     return MeasureOutcome(Profile(doc), path, skipped=False)
+
+
+def spike_attribution(model, input_ids, doc: dict, max_channels: int = 3) -> dict:
+    """Attribution of the profile's spike channels on its main spike position, and the quadratic-form
+    analysis of the FFN that injects the top channel (first window)."""
+    from qsink.errors import QsinkError
+    from qsink.measure.attribution import attribute_channels, ffn_quadratic_analysis
+
+    s = doc["summary"]
+    positions = doc.get("massive", {}).get("positions") or []
+    position = positions[0]["position"] if positions else 0
+    channels = s["spike_channels"][:max_channels] or [doc["layers"][s["spike_layer"]]["top"][0]["channel"]]
+    channels_out = attribute_channels(model, input_ids, channels, position)
+    out = {"position": position, "window": 0, "channels": [{k: v for k, v in c.items() if k != "steps"} | {
+        "steps": [st for st in c["steps"] if abs(st["delta"]) > 0]} for c in channels_out]}
+    inj = channels_out[0]["injector"]
+    if inj["sublayer"] == "ffn":
+        try:
+            out["quadratic_form"] = ffn_quadratic_analysis(model, input_ids, inj["block"], channels[0], position)
+        except QsinkError as e:
+            out["quadratic_form"] = {"error": str(e)}
+    return out
