@@ -192,6 +192,9 @@ def measure(
     force: bool = typer.Option(False, "--force", help="Recompute even if this profile exists."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
     attribution: bool = typer.Option(False, "--attribution", help="Also find the sub-layers that inject and remove each spike channel, and the injecting FFN's quadratic-form spectrum."),
+    vocab_scan: bool = typer.Option(False, "--vocab-scan", help="Also place every vocabulary item at position 0 and count those that spike."),
+    scan_sample: Optional[int] = typer.Option(None, "--sample", help="--vocab-scan: a seeded sample of this many items instead of the whole vocabulary."),
+    scan_layers: Optional[str] = typer.Option(None, "--scan-layers", help="--vocab-scan: residual layers to check (default: the first 3 layers of the position-0 plateau)."),
 ) -> None:
     """Massive activations, attention sinks and outlier statistics of one model, in one pass."""
     from qsink.data import resolve_data
@@ -209,19 +212,69 @@ def measure(
     corpus = resolve_data(data, str(text) if text else None, log=_log)
     settings = ProfileSettings(top_k=top_k, massive_abs=massive_abs, massive_ratio=massive_ratio, sink_eps=sink_eps,
                                attn_windows=attn_windows)
+    loaded = None
+    if vocab_scan:
+        from qsink.models import load
+
+        loaded = load(res, dtype=dtype, device=device, trust_remote_code=trust_remote_code, log=_log)
     with _progress() as progress:
         outcome = measure_model(res, corpus, store, ctx=ctx, samples=samples, settings=settings, dtype=dtype, device=device,
                                 batch_size=batch_size, force=force, trust_remote_code=trust_remote_code, log=_log,
-                                on_batch_factory=_windows_progress(progress), attribution=attribution)
-    doc = outcome.profile.to_dict()
+                                on_batch_factory=_windows_progress(progress), attribution=attribution, loaded=loaded)
+        doc = outcome.profile.to_dict()
+        if vocab_scan:
+            doc = _vocab_scan(res, doc, store, outcome.path, scan_sample, scan_layers, loaded, progress, dtype, device,
+                              trust_remote_code)
     plots = plot_profile(doc, out_dir, outcome.path.stem, res.name)
     _print_profile(res.name, doc)
     if doc.get("attribution"):
         _print_attribution(doc["attribution"])
+    if doc.get("vocab_scan"):
+        _print_vocab_scan(doc["vocab_scan"])
     if outcome.skipped:
         _log("this profile already existed and was not recomputed (--force recomputes it)")
     _log(f"profile: {outcome.path}")
     _log("plots: " + ", ".join(str(p) for p in plots))
+
+
+def _vocab_scan(res, doc, store, path, sample, layers_opt, loaded, progress, dtype, device, trust_remote_code) -> dict:
+    from qsink.measure.vocab_scan import vocab_scan
+
+    if layers_opt:
+        try:
+            layers = sorted({int(x) for x in layers_opt.split(",")})
+        except ValueError:
+            raise QsinkError(f"--scan-layers takes comma-separated layer numbers, not {layers_opt!r}") from None
+    else:
+        pos0 = [p for p in doc.get("massive", {}).get("positions", []) if p["position"] == 0]
+        layers = pos0[0]["layers"][:3] if pos0 else [doc["summary"]["spike_layer"]]
+    if not layers or min(layers) < 1 or max(layers) > doc["n_layers"]:
+        raise QsinkError(f"--scan-layers must lie in 1..{doc['n_layers']} (residual stream after each block)")
+    old = doc.get("vocab_scan")
+    if old and old["layers"] == layers and old["n_scanned"] == (min(sample, old["vocab_size"]) if sample else old["vocab_size"]):
+        _log("this vocabulary scan already existed and was not recomputed")
+        return doc
+    model, tok = loaded
+    task = progress.add_task(f"{res.name} · vocabulary scan", total=min(sample, len(tok)) if sample else len(tok))
+    doc = dict(doc)
+    doc["vocab_scan"] = vocab_scan(model, tok, layers, sample=sample, massive_abs=doc["settings"]["massive_abs"],
+                                   massive_ratio=doc["settings"]["massive_ratio"],
+                                   on_batch=lambda n: progress.advance(task, n))
+    store.write(doc, path.stem.split("__profile__")[0] + "__profile")
+    return doc
+
+
+def _print_vocab_scan(v: dict) -> None:
+    out.print(f"vocabulary scan ({v['n_scanned']:,} of {v['vocab_size']:,} items at position 0, layers {v['layers']}): "
+              f"{v['n_spike']:,} spike ({100 * v['fraction_spike']:.2f} %), {v['n_exceptions']:,} do not; "
+              f"{v['wall_s']:.0f} s", highlight=False, markup=False)
+    if v["exceptions"]:
+        out.print("exceptions: " + ", ".join(repr(e["token"]) for e in v["exceptions"][:20])
+                  + (" ..." if v["n_exceptions"] > 20 else ""), highlight=False, markup=False)
+    if v["delimiters"]:
+        out.print("delimiters at position " + str(v["delimiters"][0]["position"]) + ": "
+                  + ", ".join(f"{d['token']!r} {'spike' if d['spike'] else 'no'} ({d['peak']:.3g})" for d in v["delimiters"]),
+                  highlight=False, markup=False)
 
 
 def _print_attribution(a: dict) -> None:

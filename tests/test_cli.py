@@ -299,3 +299,19 @@ def test_measure_attribution_is_added_to_a_cached_profile(tiny_model_dir, sample
     a = json.loads(path.read_text())["attribution"]
     assert a["channels"] and {"injector", "remover", "steps"} <= set(a["channels"][0])
     assert "step-up attribution" in stdout
+
+
+def test_measure_vocab_scan(tiny_model_dir, sample_text_file, tmp_path, capsys):
+    out = tmp_path / "scan"
+    args = ["measure", str(tiny_model_dir), "--text", str(sample_text_file), "--samples", "2", "--ctx", "32", "--out", str(out),
+            "--vocab-scan", "--sample", "40", "--scan-layers", "1,2"]
+    code, stdout, stderr = run(args, capsys)
+    assert code == 0, stderr
+    (path,) = out.glob("*__profile__*.json")
+    v = json.loads(path.read_text())["vocab_scan"]
+    assert v["n_scanned"] == 40 and v["layers"] == [1, 2] and v["n_spike"] + v["n_exceptions"] == 40
+    assert "vocabulary scan (40 of" in stdout
+    code, _, stderr = run(args, capsys)
+    assert code == 0 and "already existed" in stderr
+    code, _, err = run(args[:-1] + ["9"], capsys)
+    assert code == 2 and "--scan-layers must lie in 1..2" in err
