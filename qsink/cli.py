@@ -195,6 +195,8 @@ def measure(
     vocab_scan: bool = typer.Option(False, "--vocab-scan", help="Also place every vocabulary item at position 0 and count those that spike."),
     scan_sample: Optional[int] = typer.Option(None, "--sample", help="--vocab-scan: a seeded sample of this many items instead of the whole vocabulary."),
     scan_layers: Optional[str] = typer.Option(None, "--scan-layers", help="--vocab-scan: residual layers to check (default: the first 3 layers of the position-0 plateau)."),
+    gradients: bool = typer.Option(False, "--gradients", help="Also back-propagate the LM loss and report the gradient-sink ratio per layer (weights untouched)."),
+    grad_windows: int = typer.Option(4, "--grad-windows", help="--gradients: windows back-propagated, one at a time."),
 ) -> None:
     """Massive activations, attention sinks and outlier statistics of one model, in one pass."""
     from qsink.data import resolve_data
@@ -213,7 +215,7 @@ def measure(
     settings = ProfileSettings(top_k=top_k, massive_abs=massive_abs, massive_ratio=massive_ratio, sink_eps=sink_eps,
                                attn_windows=attn_windows)
     loaded = None
-    if vocab_scan:
+    if vocab_scan or gradients:
         from qsink.models import load
 
         loaded = load(res, dtype=dtype, device=device, trust_remote_code=trust_remote_code, log=_log)
@@ -225,12 +227,20 @@ def measure(
         if vocab_scan:
             doc = _vocab_scan(res, doc, store, outcome.path, scan_sample, scan_layers, loaded, progress, dtype, device,
                               trust_remote_code)
+        if gradients:
+            doc = _gradients(doc, store, outcome.path, corpus, ctx, grad_windows, loaded)
     plots = plot_profile(doc, out_dir, outcome.path.stem, res.name)
     _print_profile(res.name, doc)
     if doc.get("attribution"):
         _print_attribution(doc["attribution"])
     if doc.get("vocab_scan"):
         _print_vocab_scan(doc["vocab_scan"])
+    if doc.get("gradient_sinks"):
+        g = doc["gradient_sinks"]
+        out.print(f"gradient-sink ratio at position {g['position']} ({g['n_windows']} windows): median over layers "
+                  + ", ".join(f"{k} {g[k]['r_gs_median']:.3g}" for k in ("attn_in", "q", "k", "v") if k in g)
+                  + "; per layer (v): " + " ".join(f"{r:.3g}" for r in g.get("v", g["attn_in"])["r_gs"]),
+                  highlight=False, markup=False)
     if outcome.skipped:
         _log("this profile already existed and was not recomputed (--force recomputes it)")
     _log(f"profile: {outcome.path}")
@@ -260,6 +270,24 @@ def _vocab_scan(res, doc, store, path, sample, layers_opt, loaded, progress, dty
     doc["vocab_scan"] = vocab_scan(model, tok, layers, sample=sample, massive_abs=doc["settings"]["massive_abs"],
                                    massive_ratio=doc["settings"]["massive_ratio"],
                                    on_batch=lambda n: progress.advance(task, n))
+    store.write(doc, path.stem.split("__profile__")[0] + "__profile")
+    return doc
+
+
+def _gradients(doc, store, path, corpus, ctx, n, loaded) -> dict:
+    from qsink.data.windows import adds_bos, make_windows
+    from qsink.measure.gradients import gradient_sinks
+
+    if n < 1:
+        raise QsinkError("--grad-windows must be at least 1")
+    old = doc.get("gradient_sinks")
+    if old and old["n_windows"] == n and old["ctx"] == ctx:
+        _log("these gradient statistics already existed and were not recomputed")
+        return doc
+    model, tok = loaded
+    windows = make_windows(tok, corpus, ctx, max_tokens=n * (ctx - 1 if adds_bos(tok) else ctx))
+    doc = dict(doc)
+    doc["gradient_sinks"] = gradient_sinks(model, windows.input_ids[:n])
     store.write(doc, path.stem.split("__profile__")[0] + "__profile")
     return doc
 

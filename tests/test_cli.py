@@ -315,3 +315,14 @@ def test_measure_vocab_scan(tiny_model_dir, sample_text_file, tmp_path, capsys):
     assert code == 0 and "already existed" in stderr
     code, _, err = run(args[:-1] + ["9"], capsys)
     assert code == 2 and "--scan-layers must lie in 1..2" in err
+
+
+def test_measure_gradients(tiny_model_dir, sample_text_file, tmp_path, capsys):
+    out = tmp_path / "grad"
+    args = ["measure", str(tiny_model_dir), "--text", str(sample_text_file), "--samples", "2", "--ctx", "32", "--out", str(out),
+            "--gradients", "--grad-windows", "2"]
+    code, stdout, stderr = run(args, capsys)
+    assert code == 0, stderr
+    (path,) = out.glob("*__profile__*.json")
+    g = json.loads(path.read_text())["gradient_sinks"]
+    assert g["n_windows"] == 2 and len(g["v"]["r_gs"]) == 2 and "gradient-sink ratio" in stdout
