@@ -270,7 +270,7 @@ def _vocab_scan(res, doc, store, path, sample, layers_opt, loaded, progress, dty
     doc["vocab_scan"] = vocab_scan(model, tok, layers, sample=sample, massive_abs=doc["settings"]["massive_abs"],
                                    massive_ratio=doc["settings"]["massive_ratio"],
                                    on_batch=lambda n: progress.advance(task, n))
-    store.write(doc, path.stem.split("__profile__")[0] + "__profile")
+    _rewrite_profile(store, path, doc)
     return doc
 
 
@@ -288,8 +288,13 @@ def _gradients(doc, store, path, corpus, ctx, n, loaded) -> dict:
     windows = make_windows(tok, corpus, ctx, max_tokens=n * (ctx - 1 if adds_bos(tok) else ctx))
     doc = dict(doc)
     doc["gradient_sinks"] = gradient_sinks(model, windows.input_ids[:n])
-    store.write(doc, path.stem.split("__profile__")[0] + "__profile")
+    _rewrite_profile(store, path, doc)
     return doc
+
+
+def _rewrite_profile(store, path: Path, doc: dict) -> None:
+    """Store ``doc`` over the profile record at ``path`` (same stem and key)."""
+    store.write(doc, path.stem.split("__profile__")[0] + "__profile")
 
 
 def _print_vocab_scan(v: dict) -> None:
@@ -532,6 +537,15 @@ def data_list() -> None:
     out.print(table)
 
 
+def _bench_inputs(model: str):
+    """The model, its tokenizer and the held-out Austen text every benchmark runs on."""
+    from qsink.data import load_corpus
+    from qsink.models import load
+
+    m, tok = load(model, log=_log)
+    return m, tok, load_corpus("austen", "test", log=_log)
+
+
 @bench_app.command("measure")
 def bench_measure_cmd(
     model: str = typer.Argument("smollm2-135m"),
@@ -542,11 +556,9 @@ def bench_measure_cmd(
 ) -> None:
     """Wall time of `qsink measure` / a plain forward with output_hidden_states=True (target <= 1.5)."""
     from qsink.bench import bench_measure, write_json
-    from qsink.data import load_corpus
-    from qsink.models import load
 
-    m, tok = load(model, log=_log)
-    doc = bench_measure(m, tok, load_corpus("austen", "test", log=_log), samples=samples, ctx=ctx, repeats=repeats, log=_log)
+    m, tok, text = _bench_inputs(model)
+    doc = bench_measure(m, tok, text, samples=samples, ctx=ctx, repeats=repeats, log=_log)
     doc["model"] = model
     write_json(doc, out_file)
     out.print(f"measure / plain forward = {doc['ratio']:.2f} (best of {repeats}: {doc['best_s']['measure']:.1f} s vs "
@@ -563,11 +575,10 @@ def bench_ppl_cmd(
 ) -> None:
     """fp perplexity wall time: lm-eval's rolling-loglikelihood scorer / qsink on the same windows (target >= 1), and agreement."""
     from qsink.bench import bench_ppl, write_json
-    from qsink.data import load_corpus
-    from qsink.models import load
 
-    m, tok = load(model, log=_log)
-    doc = bench_ppl(m, tok, load_corpus("austen", "test", log=_log), windows_n=windows, ctx=ctx, repeats=repeats, log=_log)
+    m, tok, text = _bench_inputs(model)
+    doc = bench_ppl(m, tok, text, windows_n=windows, ctx=ctx, repeats=repeats, log=_log)
+    doc["model"] = model
     write_json(doc, out_file)
     out.print(f"ppl qsink {doc['ppl_qsink']:.4f} vs lm-eval {doc['ppl_lm_eval_same_windows']:.4f} (rel diff {doc['ppl_rel_diff']:.1e}); "
               f"lm-eval / qsink wall time: {doc['speed_ratio_same_windows']:.2f} on the same windows, "
@@ -585,10 +596,9 @@ def bench_quant_cmd(
     """Perplexity wall time of w8a8 and w4a4+hadamard / fp on the same windows (targets 1.3 and 1.6)."""
     from qsink.bench import bench_quant, write_json
     from qsink.data import load_corpus
-    from qsink.models import load
 
-    m, tok = load(model, log=_log)
-    doc = bench_quant(m, tok, load_corpus("austen", "test", log=_log), load_corpus("austen", "train", log=_log),
+    m, tok, text = _bench_inputs(model)
+    doc = bench_quant(m, tok, text, load_corpus("austen", "train", log=_log),
                       windows_n=windows, ctx=ctx, repeats=repeats, log=_log)
     doc["model"] = model
     write_json(doc, out_file)

@@ -25,7 +25,7 @@ def plot_rise_plateau_fall(profile: dict, path: Path, title: str = "") -> Path:
     ax.set_title(title or "residual-stream magnitude per layer")
     ax.legend()
     ax.grid(alpha=0.3, which="both")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_sink_heatmap(profile: dict, path: Path, title: str = "") -> Path | None:
@@ -40,7 +40,7 @@ def plot_sink_heatmap(profile: dict, path: Path, title: str = "") -> Path | None
     ax.set_xlabel("head")
     ax.set_ylabel("block")
     ax.set_title(title or f"attention sinks (sink ratio {att['sink_ratio']:.2f})")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_channel_absmax(profile: dict, path: Path, title: str = "") -> Path:
@@ -55,10 +55,11 @@ def plot_channel_absmax(profile: dict, path: Path, title: str = "") -> Path:
     ax.set_xlabel("channel")
     ax.set_ylabel("max |h| over tokens")
     ax.set_title(title or f"per-channel absmax, layer {profile['plot_layer']}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write (creating the folder) and close a figure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from qsink.measure.plots import save_figure
+
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
 LABELS = {"delta_ppl_pct": "Δppl %", "delta_ppl": "Δppl", "spike_magnitude": "spike magnitude (max |h|)"}
 
@@ -57,11 +59,7 @@ def plot_delta_vs_spike(df: pd.DataFrame, path: Path, target: str = "delta_ppl_p
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, title="handling", title_fontsize=7)
     fig.suptitle(f"{_label(target)} vs spike magnitude, one point per model", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_heatmap(df: pd.DataFrame, path: Path, target: str = "delta_ppl_pct", handling: str = "none") -> Path | None:
@@ -90,8 +88,4 @@ def plot_heatmap(df: pd.DataFrame, path: Path, target: str = "delta_ppl_pct", ha
     cbar = fig.colorbar(im, ax=ax, label=_label(target))
     cbar.ax.tick_params(labelsize=7)
     ax.set_title(f"{_label(target)} by model and scheme (handling: {handling})", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
