@@ -458,8 +458,12 @@ def report(
     from qsink.results import RecordStore
     from qsink.results.report import build_report
 
-    records = RecordStore(results).load_all()
-    path = build_report(records, out_file, title=title, command=f"qsink report --results {results} --out {out_file}")
+    from qsink.measure.profile import PROFILE_SCHEMA
+
+    store = RecordStore(results)
+    records = store.load_all()
+    path = build_report(records, out_file, title=title, command=f"qsink report --results {results} --out {out_file}",
+                        profiles=store.load_all(schema=PROFILE_SCHEMA))
     out.print(f"wrote {path}")
 
 

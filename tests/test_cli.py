@@ -326,3 +326,23 @@ def test_measure_gradients(tiny_model_dir, sample_text_file, tmp_path, capsys):
     (path,) = out.glob("*__profile__*.json")
     g = json.loads(path.read_text())["gradient_sinks"]
     assert g["n_windows"] == 2 and len(g["v"]["r_gs"]) == 2 and "gradient-sink ratio" in stdout
+
+
+def test_report_shows_the_seed_paper_analyses(tiny_model_dir, sample_text_file, tmp_path, capsys):
+    out = tmp_path / "all"
+    base = [str(tiny_model_dir), "--text", str(sample_text_file), "--ctx", "32", "--out", str(out)]
+    code, _, stderr = run(["measure", *base, "--samples", "2", "--attribution", "--gradients", "--grad-windows", "2",
+                           "--vocab-scan", "--sample", "30", "--scan-layers", "1"], capsys)
+    assert code == 0, stderr
+    (profile,) = out.glob("*__profile__*.json")
+    for suffix in ("gradients", "attribution", "vocab"):
+        assert (out / f"{profile.stem}-{suffix}.png").stat().st_size > 0
+    code, _, stderr = run(["evaluate", *base, "--max-tokens", "62", "--profile-samples", "0"], capsys)
+    assert code == 0, stderr
+    code, _, _ = run(["report", "--results", str(out), "--out", str(tmp_path / "r" / "report.md")], capsys)
+    assert code == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## Seed-paper analyses" in md and "Step-up attribution" in md
+    assert "Position-0 vocabulary scan" in md and "Gradient-sink ratio" in md
+    for suffix in ("attribution", "vocab", "gradients"):
+        assert (tmp_path / "r" / f"report-tiny-llama-{suffix}.png").is_file()

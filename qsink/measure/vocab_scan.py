@@ -85,6 +85,9 @@ def vocab_scan(model, tokenizer, layers: list[int], sample: int | None = None, s
     peak = torch.cat(peaks)
     wall = time.perf_counter() - t0
     misses = ids[~spike].tolist()
+    lo, hi = max(float(peak.min()), 1e-3), max(float(peak.max()), 1e-2)
+    edges = torch.logspace(torch.log10(torch.tensor(lo)) - 0.01, torch.log10(torch.tensor(hi)) + 0.01, 41)
+    counts = torch.histogram(peak.clamp(min=lo), bins=edges).hist
     exceptions = [{"token_id": t, "token": tokenizer.decode([t]), "peak": float(peak[i])}
                   for i, t in zip((~spike).nonzero().flatten().tolist(), misses)][:max_exceptions]
     # delimiters at a later position: prefix + delimiter + continuation, checked at the delimiter
@@ -102,6 +105,7 @@ def vocab_scan(model, tokenizer, layers: list[int], sample: int | None = None, s
         "sampled": bool(sample and sample < vocab), "seed": seed,
         "n_spike": int(spike.sum()), "fraction_spike": float(spike.float().mean()),
         "n_exceptions": len(misses), "exceptions": exceptions, "delimiters": delim,
+        "peak_histogram": {"edges": edges.tolist(), "counts": [int(c) for c in counts]},
         "wall_s": wall, "tokens_per_s": len(ids) * (1 + len(cont)) / wall,
         "definition": f"|h| > {massive_abs} and > {massive_ratio} x the median |h| of its short sequence, at position 0, "
                       f"in any of layers {layers}",

@@ -31,7 +31,55 @@ def markdown_table(df: pd.DataFrame, formats: dict | None = None) -> str:
     return "\n".join([head, sep, *body])
 
 
-def build_report(records: list[dict], out: Path, title: str = "qsink report", command: str | None = None) -> Path:
+def analyses_section(profiles: list[dict], plots_dir: Path, stem: str) -> list[str]:
+    """Markdown for the seed-paper analyses stored in profile records (attribution, vocabulary scan,
+    gradient sinks), with their plots."""
+    from qsink.measure.plots import plot_attribution, plot_gradient_sinks, plot_vocab_scan
+
+    lines = []
+    for prof in profiles:
+        if not any(prof.get(k) for k in ("attribution", "vocab_scan", "gradient_sinks")):
+            continue
+        name = prof.get("model", {}).get("name", "model")
+        lines += ["", f"### {name}", ""]
+        figs = []
+        a = prof.get("attribution")
+        if a:
+            lines.append(f"Step-up attribution on position {a['position']}:")
+            lines.append("")
+            rows = pd.DataFrame([{"channel": c["channel"],
+                                  "injected by": f"block {c['injector']['block']} {c['injector']['sublayer']}",
+                                  "Δ|h| in": c["injector"]["delta_abs"],
+                                  "removed by": (f"block {c['remover']['block']} {c['remover']['sublayer']}" if c["remover"] else "-"),
+                                  "Δ|h| out": c["remover"]["delta_abs"] if c["remover"] else None} for c in a["channels"]])
+            lines += [markdown_table(rows), ""]
+            q = a.get("quadratic_form")
+            if q and "error" not in q:
+                sp, ty = q["spike_channel"], q["typical_channels"]
+                lines += [f"Block {q['block']}'s FFN as a quadratic form for channel {q['channel']} ({q['approximation']}): "
+                          f"λ1 = {sp['lambda_1']:.4g}, |λ1/λ2| = {sp['ratio']:.3g}, |cos(input, v1)| = {sp['cos_input_leading']:.3f}; "
+                          f"typical channels (median of {ty['n']}): |λ1| = {ty['median_abs_lambda_1']:.3g}, ratio {ty['median_ratio']:.3g}, "
+                          f"|cos| {ty['median_cos_input_leading']:.3f}.", ""]
+            figs.append(plot_attribution(prof, plots_dir / f"{stem}-{name}-attribution.png", name))
+        v = prof.get("vocab_scan")
+        if v:
+            ex = ", ".join(f"`{e['token']!r}`" for e in v["exceptions"][:12])
+            lines += [f"Position-0 vocabulary scan (layers {v['layers']}): {v['n_spike']:,} of {v['n_scanned']:,} items "
+                      f"({100 * v['fraction_spike']:.2f} %) carry a massive activation; exceptions: {ex or 'none'}"
+                      + (" ..." if v["n_exceptions"] > 12 else "") + ". Delimiters at a later position that spike: "
+                      + (", ".join(repr(d["token"]) for d in v["delimiters"] if d["spike"]) or "none") + ".", ""]
+            figs.append(plot_vocab_scan(prof, plots_dir / f"{stem}-{name}-vocab.png", name))
+        g = prof.get("gradient_sinks")
+        if g:
+            lines += [f"Gradient-sink ratio at position {g['position']} ({g['n_windows']} windows), median over layers: "
+                      + ", ".join(f"{k} {g[k]['r_gs_median']:.3g}" for k in ("attn_in", "q", "k", "v") if k in g) + ".", ""]
+            figs.append(plot_gradient_sinks(prof, plots_dir / f"{stem}-{name}-gradients.png", name))
+        lines += [f"![{p.stem}]({p.name})" for p in figs if p]
+    return (["", "## Seed-paper analyses"] + lines) if lines else []
+
+
+def build_report(records: list[dict], out: Path, title: str = "qsink report", command: str | None = None,
+                 profiles: list[dict] | None = None) -> Path:
     """Write ``out`` (Markdown) and its plots beside it; return the report's path."""
     df = leaderboard(records, sort="model")
     if df.empty:
@@ -88,6 +136,8 @@ def build_report(records: list[dict], out: Path, title: str = "qsink report", co
                         plot_heatmap(df, plots_dir / f"{stem}-heatmap.png")) if p]
     if figs:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in figs]
+
+    lines += analyses_section(profiles or [], plots_dir, stem)
 
     failed = df[df["status"] != "ok"]
     if not failed.empty:

@@ -19,3 +19,11 @@ def test_only_the_planted_token_spikes(tok):
     assert none["n_spike"] == 0
     sampled = vocab_scan(model, tok, layers=[2], sample=50, seed=1)
     assert sampled["n_scanned"] == 50 and sampled["sampled"]
+
+
+def test_peak_histogram_counts_every_item(tok):
+    model = planted_spike_model(tok, inject_block=1, cancel_block=4)
+    res = vocab_scan(model, tok, layers=[2], batch_size=128)
+    h = res["peak_histogram"]
+    assert sum(h["counts"]) == len(tok) and len(h["edges"]) == len(h["counts"]) + 1
+    assert h["counts"][-1] >= 1  # the planted BOS spike (~5000) sits in the top bin
