@@ -126,6 +126,7 @@ def bench_ppl(model, tok, text, windows_n: int = 8, ctx: int = 512, repeats: int
     perplexity(model, tok, make_windows(tok, text, ctx, max_tokens=ctx), batch_size)  # warm-up
     times = {"qsink": [], "lm_eval_same_windows": [], "lm_eval_rolling": []}
     doc = tok.decode(sum((w[1:] if windows.bos else w for w in ids), []))
+
     def run_qsink():
         nonlocal res
         res = perplexity(model, tok, windows, batch_size)

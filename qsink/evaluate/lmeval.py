@@ -26,9 +26,6 @@ from typing import Callable
 from qsink.data.tasks import TASKS, prepare_tasks
 from qsink.errors import QsinkError
 
-PRIMARY_METRIC = "acc"
-
-
 def _environment(local_only: bool) -> None:
     from qsink.config import qsink_home
 

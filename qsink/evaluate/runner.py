@@ -191,7 +191,9 @@ def model_fields(config) -> dict:
     fields = {"family": config.model_type, "n_layers": getattr(config, "num_hidden_layers", None),
               "hidden_size": getattr(config, "hidden_size", None)}
     if config.model_type == "qsink":
-        fields["variant"] = {k: getattr(config, k) for k in ("norm", "gate", "vscale", "ffn", "softmax")}
+        from qsink.models.family.config import SWITCHES
+
+        fields["variant"] = {k: getattr(config, k) for k in SWITCHES}
     return fields
 
 

@@ -60,25 +60,22 @@ def measure_model(
         return MeasureOutcome(Profile.from_dict(found[1]), found[0], skipped=True)
     store.ensure_writable()
     model, tok = loaded or load(res, dtype=dtype, device=device, trust_remote_code=trust_remote_code, log=log)
-    if found:  # the cached profile gains the attribution
-        doc = dict(found[1])
-        windows = make_windows(tok, text, ctx, max_tokens=samples * (ctx - 1 if adds_bos(tok) else ctx))
-        doc["attribution"] = spike_attribution(model, windows.input_ids[:1], doc)
-        path = store.write(doc, f"{res.name}__profile")
-        return MeasureOutcome(Profile(doc), path, skipped=False)
     check_ctx(model, ctx, res.name)
     windows = make_windows(tok, text, ctx, max_tokens=samples * (ctx - 1 if adds_bos(tok) else ctx))
-    on_batch = on_batch_factory(f"{res.name} · profile", windows.n_windows) if on_batch_factory else None
-    torch.manual_seed(0)
-    prof = profile(model, tok, windows, settings, batch_size=batch_size, on_batch=on_batch)
-    doc = prof.to_dict() | {
-        "key": key,
-        "identity": ident,
-        "status": "ok",
-        "model": res.to_dict() | {"family": model.config.model_type},
-        "env": env_info(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    if found:  # the cached profile only gains the attribution
+        doc = dict(found[1])
+    else:
+        on_batch = on_batch_factory(f"{res.name} · profile", windows.n_windows) if on_batch_factory else None
+        torch.manual_seed(0)
+        prof = profile(model, tok, windows, settings, batch_size=batch_size, on_batch=on_batch)
+        doc = prof.to_dict() | {
+            "key": key,
+            "identity": ident,
+            "status": "ok",
+            "model": res.to_dict() | {"family": model.config.model_type},
+            "env": env_info(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
     if attribution:
         doc["attribution"] = spike_attribution(model, windows.input_ids[:1], doc)
     path = store.write(doc, f"{res.name}__profile")

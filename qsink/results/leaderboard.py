@@ -9,7 +9,9 @@ import math
 import numpy as np
 import pandas as pd
 
-VARIANT = ["norm", "gate", "ffn", "vscale", "softmax"]
+from qsink.models.family.config import SWITCHES
+
+VARIANT = list(SWITCHES)
 PROFILE = ["spike_magnitude", "top1_median_max", "kurtosis_max", "sink_ratio", "has_massive"]
 FRONT = ["model", *VARIANT, "scheme", "handling", "data", "ctx", "status", "ppl", "delta_ppl", "delta_ppl_pct", "bpb",
          *PROFILE, "sqnr_db_mean", "sqnr_db_min", "kept_token_fraction", "nll", "n_scored", "tokens_per_s", "wall_s"]

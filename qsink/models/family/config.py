@@ -13,6 +13,7 @@ NORMS = ("prenorm-rmsnorm", "sandwich", "qknorm", "sandwich-qk", "dyt", "postnor
 GATES = ("none", "head", "channel", "static-head")
 FFNS = ("swiglu", "gelu", "linear", "none")
 SOFTMAXES = ("standard", "softmax1", "clipped")
+SWITCHES = ("norm", "gate", "vscale", "ffn", "softmax")  # the config fields a variant changes
 
 
 class QsinkConfig(PretrainedConfig):
