@@ -362,6 +362,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
     size: Optional[str] = typer.Option(None, "--size", help="A size from the recipe's sizes: (e.g. gpu)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Override the recipe's step count."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override the recipe's seed (run-to-run spread)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
 ) -> None:
     """Train one of qsink's model variants from a recipe; the output loads in measure and evaluate."""
@@ -369,8 +370,9 @@ def train(
     from qsink.train import load_recipe
     from qsink.train import train as run_training
 
-    r = load_recipe(recipe, size=size, overrides={"steps": steps} if steps else None)
-    out_dir = out_dir or Path("runs/train") / r.name
+    overrides = {k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}
+    r = load_recipe(recipe, size=size, overrides=overrides or None)
+    out_dir = out_dir or Path("runs/train") / (r.name if seed is None else f"{r.name}-seed{seed}")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                   TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:.0f} tok/s"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=err) as progress:

@@ -45,8 +45,8 @@ def test_every_shipped_recipe_loads():
         recipes = sorted((root / folder).glob("*.yaml"))
         assert len(recipes) >= 18
         names = {load_recipe(p).name for p in recipes}
-        assert {prefix + n for n in ("baseline", "sandwich", "qknorm", "dyt", "gate-head", "vscale", "long-only",
-                                     "baseline-wd")} <= names
+        assert {prefix + n for n in ("baseline", "sandwich", "qknorm", "dyt", "gate-head", "vscale", "long-only")} <= names
+        assert prefix + ("baseline-wd0" if prefix else "baseline-wd") in names
     assert all(load_recipe(p).tokenizer == "word" for p in (root / "bb").glob("*.yaml"))
     for p in (root / "search").glob("*.yaml"):
         load_recipe(p)
@@ -167,3 +167,55 @@ def test_checkpoints_from_before_a_new_recipe_key_still_resume():
     assert not same_recipe({**saved, "lr": 2e-3}, r)
     assert not same_recipe(saved, TrainRecipe(name="x", lr=1e-3, tokenizer="word"))
     assert not same_recipe({**saved, "retired_key": 1}, r)
+
+
+def test_explore_probe_known_answers():
+    """Zeroed queries give uniform attention (alpha = mean of 1/(q+1) over dormant queries), and a
+    planted BOS value in the final hidden state is reported as the layer's top and BOS ratio."""
+    from qsink.models.family import QsinkConfig, QsinkForCausalLM
+    from qsink.train.explore import probe
+
+    torch.manual_seed(0)
+    model = QsinkForCausalLM(QsinkConfig(vocab_size=10, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                         bos_token_id=9))
+    for layer in model.model.layers:
+        torch.nn.init.zeros_(layer.self_attn.q_proj.weight)
+    x = torch.randint(0, 9, (4, 12))
+    x[:, 0] = 9
+    alpha, peaks = probe(model, x, n_triggers=3)
+    q = torch.arange(2, 12)
+    dormant = x[:, q] >= 3
+    want = float((1.0 / (q + 1).float()).expand_as(dormant)[dormant].mean())
+    assert [len(a) for a in alpha] == [2, 2]
+    assert all(v == pytest.approx(want, abs=1e-3) for a in alpha for v in a)
+    assert model.training and model.config._attn_implementation != "eager"  # restored
+    # plant a BOS spike in the first block's output (hidden_states[1]; the last entry is after the final norm)
+    handle = model.model.layers[0].register_forward_hook(lambda m, i, o: o.index_put((torch.tensor([0]), torch.tensor([0]), torch.tensor([5])), torch.tensor(1e4)))
+    try:
+        _, peaks = probe(model, x[:1], n_triggers=3)
+    finally:
+        handle.remove()
+    top, ratio, bos_ratio = peaks[0]
+    assert top == pytest.approx(1e4) and bos_ratio == pytest.approx(ratio) and ratio > 100
+
+
+def test_cli_seed_override_changes_the_run_and_is_recorded(sample_text_file, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from qsink.cli import app
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"name: seeded\ndata: ['file:{sample_text_file}']\nval_data: 'file:{sample_text_file}'\nvocab_size: 300\n"
+        "seq_len: 32\nbatch_size: 4\nsteps: 3\nwarmup: 1\neval_every: 3\nckpt_every: 3\neval_batches: 1\n"
+        "model: {hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2}\n")
+    monkeypatch.chdir(tmp_path)
+    for seed in (None, 5):
+        args = ["train", str(recipe), "--device", "cpu"] + ([] if seed is None else ["--seed", str(seed)])
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 0, res.output
+    a, b = tmp_path / "runs/train/seeded", tmp_path / "runs/train/seeded-seed5"  # seeded runs get their own directory
+    assert json.loads((b / "trainer_state.json").read_text())["recipe"]["seed"] == 5
+    assert json.loads((a / "trainer_state.json").read_text())["recipe"]["seed"] == 0
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert not torch.equal(wa["model.embed_tokens.weight"], wb["model.embed_tokens.weight"])
