@@ -33,18 +33,9 @@ def _log(msg: str) -> None:
 
 
 def _split_names(values: list[str]) -> list[str]:
-    return [n.strip() for v in values for n in v.split(",") if n.strip()]
+    from qsink.evaluate.recipe import split_names
 
-
-def _include(names: list[str], backend: str) -> list[str]:
-    from qsink.quant.apply import INCLUDABLE
-
-    bad = [n for n in names if n not in INCLUDABLE]
-    if bad:
-        raise QsinkError(f"--include takes {', '.join(INCLUDABLE)}, not {', '.join(bad)}")
-    if names and backend != "fake":
-        raise QsinkError("--include works with --backend fake only")
-    return names
+    return split_names(values)
 
 
 def _windows_progress(progress: Progress):
@@ -57,8 +48,8 @@ def _windows_progress(progress: Progress):
     return factory
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("windows"),
+def _progress(unit: str = "windows") -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
 
 
@@ -92,8 +83,8 @@ def evaluate(
     """The matrix models x schemes x outlier handling (fp once per model): perplexity, downstream accuracy,
     the model's spike profile and SQNR, one resumable JSON record per cell."""
     from qsink.data import resolve_data
-    from qsink.evaluate import EvalSettings, run_cells
-    from qsink.evaluate.runner import plan_cells
+    from qsink.evaluate import run_cells
+    from qsink.evaluate.recipe import plan_matrix
     from qsink.models import resolve
     from qsink.results import RecordStore
 
@@ -111,26 +102,9 @@ def evaluate(
                 opts[key] = Path(value) if key == "out" else value
     if not opts["models"]:
         raise QsinkError("name at least one model (or pass --recipe); 'qsink models' lists the built-in ones")
-    if opts["backend"] not in ("fake", "bnb"):
-        raise QsinkError(f"unknown backend {opts['backend']!r}; use fake or bnb")
-    if opts["batch_size"] < 1 or opts["calib"] < 1:
-        raise QsinkError("--batch-size and --calib must be at least 1")
-    if opts["limit"] is not None and opts["limit"] < 1:
-        raise QsinkError("--limit must be at least 1")
-    cells, dropped = plan_cells(_split_names(opts["schemes"]), _split_names(opts["handling"]), opts["backend"])
-    tasks = _split_names(opts["tasks"])
-    if tasks:
-        from qsink.evaluate.lmeval import check_tasks
-
-        check_tasks(tasks)  # before anything is loaded
+    cells, dropped, tasks, settings = plan_matrix(opts, force=force)
     for reason in dropped:
         _log(f"skipping {reason}")
-    settings = EvalSettings(ctx=opts["ctx"], max_tokens=opts["max_tokens"] or None, batch_size=opts["batch_size"],
-                            dtype=opts["dtype"], device=opts["device"], seed=opts["seed"], calib=opts["calib"],
-                            calib_data=opts["calib_data"], backend=opts["backend"],
-                            include=tuple(_include(_split_names(opts["include"]), opts["backend"])),
-                            trust_remote_code=opts["trust_remote_code"], force=force, tasks=tuple(tasks),
-                            limit=opts["limit"], num_fewshot=opts["num_fewshot"], profile_samples=opts["profile_samples"])
     out_dir = Path(opts["out"])
     store = RecordStore(out_dir)
     store.ensure_writable()
@@ -138,8 +112,6 @@ def evaluate(
     corpus = resolve_data(opts["data"], str(text) if text else None, log=_log)
     calib_text = None
     if any(c.scheme != "fp" for c in cells):
-        if settings.calib_data.endswith(":test"):
-            raise QsinkError("calibration must not read a test split; pass --calib-data with a train or validation split")
         calib_text = resolve_data(settings.calib_data, None, log=_log)
     with _progress() as progress:
         overall = progress.add_task(f"matrix: {len(resolved)} model(s) x {len(cells)} cell(s)", total=len(resolved) * len(cells))
@@ -385,6 +357,51 @@ def train(
     out.print(f"trained {r.name} to step {result.step}: train loss {result.train_loss:.4f}, "
               f"val loss {result.val_loss if result.val_loss is None else round(result.val_loss, 4)}, "
               f"{result.tokens_per_s:.0f} tokens/s; checkpoint {result.out_dir}", highlight=False)
+
+
+@app.command()
+def sweep(
+    recipe: Path = typer.Argument(..., help="A sweep recipe (recipes/study-cpu.yaml): what to train and what to evaluate."),
+    executor: str = typer.Option("local", "--executor", help="local (this machine) or ray (one Ray task per job)."),
+    address: Optional[str] = typer.Option(None, "--address", help="--executor ray: an existing cluster (e.g. 127.0.0.1:6379 or auto); default: start one here."),
+    workers: int = typer.Option(1, "--workers", help="--executor local: parallel worker processes (0 = one per CPU core; 1 = run in this process)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N], for every job."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Override the recipe's out directory."),
+    plan: bool = typer.Option(False, "--plan", help="List the jobs and which are already done; run nothing."),
+) -> None:
+    """Train and evaluate as independent jobs with dependencies; rerunning after a crash runs only what is missing."""
+    import os
+
+    from qsink.sweep import execute, load_sweep, status
+
+    sw = load_sweep(recipe, device=device, out=out_dir)
+    for reason in sw.dropped:
+        _log(f"skipping {reason}")
+    if plan:
+        done = status(sw)
+        table = Table(title=f"sweep {sw.name}: {len(sw.jobs)} jobs, {sum(done.values())} done (out {sw.out})")
+        for col in ("job", "after", "done"):
+            table.add_column(col)
+        for job in sw.jobs:
+            table.add_row(job.key, ", ".join(job.deps) or "-", "yes" if done[job.key] else "no")
+        out.print(table)
+        return
+    n = workers if workers > 0 else (os.cpu_count() or 1)
+    with _progress("jobs") as progress:
+        bar = progress.add_task(f"sweep {sw.name} ({executor})", total=len(sw.jobs))
+
+        def on_result(job, summary):
+            progress.advance(bar)
+            if summary["status"] in ("failed", "blocked"):
+                _log(f"{job.key}: {summary['status']}: {summary['detail']}")
+
+        results = execute(sw, executor=executor, workers=n, address=address, on_result=on_result)
+    counts = {k: sum(r["status"] == k for r in results) for k in ("done", "skipped", "failed", "blocked")}
+    out.print(f"sweep {sw.name}: {counts['done']} run, {counts['skipped']} already done, {counts['failed']} failed, "
+              f"{counts['blocked']} blocked; records in {sw.records}/", highlight=False)
+    if counts["failed"] or counts["blocked"]:
+        raise QsinkError(f"{counts['failed'] + counts['blocked']} job(s) did not finish; fix the cause above and rerun "
+                         "the same command (finished jobs are kept)")
 
 
 @app.command("leaderboard")

@@ -42,3 +42,49 @@ def load_eval_recipe(path: str | Path) -> dict:
     if not out.get("models"):
         raise QsinkError(f"eval recipe {path} names no models; add 'models: [...]'")
     return out
+
+
+def split_names(values) -> list[str]:
+    """``["a,b", "c"]`` or ``"a,b"`` -> ``["a", "b", "c"]``."""
+    values = [values] if isinstance(values, str) else list(values or [])
+    return [n.strip() for v in values for n in str(v).split(",") if n.strip()]
+
+
+# the defaults of `qsink evaluate`; a recipe or a sweep's evaluate block overrides them by name
+DEFAULTS = dict(schemes=["fp"], handling=["none"], tasks=[], limit=None, num_fewshot=None, data=None, ctx=512,
+                max_tokens=12288, batch_size=4, calib=4, calib_data="austen:train", backend="fake", include=[],
+                profile_samples=16, dtype="fp32", device="auto", seed=0, trust_remote_code=False)
+
+
+def plan_matrix(opts: dict, force: bool = False):
+    """Validated (cells, dropped reasons, tasks, EvalSettings) from evaluate options (DEFAULTS' keys)."""
+    from qsink.evaluate.runner import EvalSettings, plan_cells
+    from qsink.quant.apply import INCLUDABLE
+
+    o = {**DEFAULTS, **opts}
+    if o["backend"] not in ("fake", "bnb"):
+        raise QsinkError(f"unknown backend {o['backend']!r}; use fake or bnb")
+    if o["batch_size"] < 1 or o["calib"] < 1:
+        raise QsinkError("--batch-size and --calib must be at least 1")
+    if o["limit"] is not None and o["limit"] < 1:
+        raise QsinkError("--limit must be at least 1")
+    include = split_names(o["include"])
+    bad = [n for n in include if n not in INCLUDABLE]
+    if bad:
+        raise QsinkError(f"--include takes {', '.join(INCLUDABLE)}, not {', '.join(bad)}")
+    if include and o["backend"] != "fake":
+        raise QsinkError("--include works with --backend fake only")
+    cells, dropped = plan_cells(split_names(o["schemes"]), split_names(o["handling"]), o["backend"])
+    tasks = split_names(o["tasks"])
+    if tasks:
+        from qsink.evaluate.lmeval import check_tasks
+
+        check_tasks(tasks)  # before anything is loaded
+    if any(c.scheme != "fp" for c in cells) and str(o["calib_data"]).endswith(":test"):
+        raise QsinkError("calibration must not read a test split; pass --calib-data with a train or validation split")
+    settings = EvalSettings(ctx=o["ctx"], max_tokens=o["max_tokens"] or None, batch_size=o["batch_size"],
+                            dtype=o["dtype"], device=o["device"], seed=o["seed"], calib=o["calib"],
+                            calib_data=o["calib_data"], backend=o["backend"], include=tuple(include),
+                            trust_remote_code=o["trust_remote_code"], force=force, tasks=tuple(tasks),
+                            limit=o["limit"], num_fewshot=o["num_fewshot"], profile_samples=o["profile_samples"])
+    return cells, dropped, tasks, settings

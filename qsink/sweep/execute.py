@@ -1,0 +1,225 @@
+"""Running a sweep's jobs: in this process, in a local process pool, or as Ray tasks.
+
+Every executor shares one scheduler: a job is submitted once all its dependencies have finished
+well, and is marked ``blocked`` (never run) when one of them failed. Workers write their outputs
+atomically (checkpoint directories are swapped in whole, records written to a temporary file and
+renamed), so a driver or worker killed at any moment leaves only whole outputs, and the next run
+of the same sweep skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from qsink.errors import QsinkError
+from qsink.sweep.plan import Job, Sweep, order, train_done
+
+EXECUTORS = ("local", "ray")
+
+
+def run_job(job: Job) -> dict:
+    """Run one job where this function is called; returns a small picklable summary."""
+    t0 = time.perf_counter()
+    try:
+        status, detail = (_train if job.kind == "train" else _evaluate)(job.payload)
+    except QsinkError as e:
+        status, detail = "failed", str(e)
+    except Exception as e:  # a worker reports, the scheduler decides; the traceback's last line says where
+        status, detail = "failed", f"{type(e).__name__}: {e} ({traceback.format_exc().strip().splitlines()[-3].strip()})"
+    return {"key": job.key, "status": status, "detail": detail, "wall_s": round(time.perf_counter() - t0, 2),
+            "pid": os.getpid()}
+
+
+def _train(p: dict) -> tuple[str, str]:
+    from qsink.models import pick_device
+    from qsink.train import load_recipe, train
+
+    if train_done(p):
+        return "skipped", f"checkpoint {p['out']} is complete"
+    r = load_recipe(p["recipe"], size=p.get("size"), overrides={"seed": p["seed"]})
+    resume = (Path(p["out"]) / "trainer_state.json").is_file()
+    res = train(r, Path(p["out"]), resume=resume, device=pick_device(p.get("device", "auto")), log=lambda m: None)
+    return "done", f"step {res.step}, val loss {res.val_loss:.4f}" + (" (resumed)" if resume else "")
+
+
+def _evaluate(p: dict) -> tuple[str, str]:
+    from qsink.data import resolve_data
+    from qsink.evaluate.runner import Cell, EvalSettings, run_cells
+    from qsink.models import resolve
+    from qsink.results import RecordStore
+
+    s = dict(p["settings"])
+    s["include"], s["tasks"] = tuple(s["include"]), tuple(s["tasks"])
+    settings = EvalSettings(**s)
+    cell = Cell(p["scheme"], p["handling"])
+    cells = [cell] if cell.scheme == "fp" else [Cell("fp"), cell]  # the fp record is there already (a dependency)
+    quiet = lambda m: None  # noqa: E731
+    text = resolve_data(p.get("data"), None, log=quiet)
+    calib = resolve_data(settings.calib_data, None, log=quiet) if cell.scheme != "fp" else None
+    outcomes = run_cells([resolve(p["model"])], cells, text, settings, RecordStore(p["records"]), calib_text=calib,
+                         log=quiet)
+    mine = outcomes[-1]
+    if mine.record.get("status") != "ok":
+        return "failed", mine.record.get("error", "no record")
+    ppl = mine.record["metrics"].get("ppl")
+    return ("skipped" if mine.skipped else "done"), f"ppl {ppl:.4g}" if ppl is not None else "ok"
+
+
+def status(sweep: Sweep) -> dict[str, bool]:
+    """Which jobs are done, read from the outputs alone (no job is run)."""
+    from qsink.data import resolve_data
+    from qsink.evaluate.runner import Cell, EvalSettings, identity
+    from qsink.models import resolve
+    from qsink.results import RecordStore
+    from qsink.results.record import cell_key
+
+    done: dict[str, bool] = {}
+    texts: dict = {}
+
+    def text(name):
+        if name not in texts:
+            texts[name] = resolve_data(name, None, log=lambda m: None)
+        return texts[name]
+
+    for job in sweep.jobs:
+        p = job.payload
+        if job.kind == "train":
+            done[job.key] = train_done(p)
+            continue
+        try:
+            res = resolve(p["model"])
+        except QsinkError:
+            done[job.key] = False  # not trained yet
+            continue
+        s = dict(p["settings"])
+        s["include"], s["tasks"] = tuple(s["include"]), tuple(s["tasks"])
+        settings = EvalSettings(**s)
+        calib = text(settings.calib_data) if p["scheme"] != "fp" else None
+        ident = identity(res.sha256, Cell(p["scheme"], p["handling"]), text(p.get("data")), settings,
+                         calib.sha256 if calib else None)
+        done[job.key] = RecordStore(p["records"]).find_ok(cell_key(ident)) is not None
+    return done
+
+
+class _Inline:
+    slots = 1
+
+    def __init__(self):
+        self._out: dict[int, dict] = {}
+
+    def submit(self, job: Job):
+        handle = len(self._out)
+        self._out[handle] = run_job(job)
+        return handle
+
+    def wait(self, handles):
+        return [(h, self._out.pop(h)) for h in handles]
+
+    def close(self):
+        pass
+
+
+class _Pool:
+    def __init__(self, workers: int):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.slots = workers
+        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, job: Job):
+        return self._pool.submit(run_job, job)
+
+    def wait(self, handles):
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        finished, _ = wait(handles, return_when=FIRST_COMPLETED)
+        return [(f, f.result()) for f in finished]
+
+    def close(self):
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Ray:
+    slots = 10**9  # Ray queues tasks by their declared resources
+
+    def __init__(self, address: str | None):
+        try:
+            import ray
+        except ImportError:
+            raise QsinkError("--executor ray needs Ray: pip install 'qsink[ray]'") from None
+        self.ray = ray
+        env = {k: v for k, v in os.environ.items() if k.startswith("QSINK_") or k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+        self._owns = not ray.is_initialized()
+        if self._owns:
+            kwargs = dict(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+            if address is None:
+                kwargs.update(include_dashboard=False)
+            ray.init(**kwargs)
+        self._task = ray.remote(run_job)
+
+    def submit(self, job: Job):
+        r = job.resources or {}
+        return self._task.options(num_cpus=r.get("num_cpus", 1), num_gpus=r.get("num_gpus", 0),
+                                  max_retries=0).remote(job)
+
+    def wait(self, handles):
+        ready, _ = self.ray.wait(handles, num_returns=1)
+        out = []
+        for h in ready:
+            try:
+                out.append((h, self.ray.get(h)))
+            except Exception as e:  # the worker process died (kill -9, out of memory)
+                out.append((h, {"key": None, "status": "failed", "detail": f"worker lost: {type(e).__name__}"}))
+        return out
+
+    def close(self):
+        if self._owns:
+            self.ray.shutdown()
+
+
+def execute(sweep: Sweep, executor: str = "local", workers: int = 1, address: str | None = None,
+            on_result: Callable[[Job, dict], None] | None = None) -> list[dict]:
+    """Run every job of ``sweep`` in dependency order; returns one summary per job."""
+    if executor not in EXECUTORS:
+        raise QsinkError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
+    if executor == "ray":
+        backend = _Ray(address)
+    elif workers > 1:
+        backend = _Pool(workers)
+    else:
+        backend = _Inline()
+    keys = {j.key for j in sweep.jobs}
+    pending, running, results = order(sweep.jobs), {}, {}
+
+    def finish(job: Job, summary: dict):
+        summary["key"] = job.key
+        results[job.key] = summary
+        if on_result:
+            on_result(job, summary)
+
+    try:
+        while pending or running:
+            for job in list(pending):
+                deps = [results.get(d) for d in job.deps if d in keys]
+                if any(d is not None and d["status"] in ("failed", "blocked") for d in deps):
+                    pending.remove(job)
+                    bad = next(d["key"] for d in deps if d is not None and d["status"] in ("failed", "blocked"))
+                    finish(job, {"status": "blocked", "detail": f"{bad} did not finish", "wall_s": 0.0})
+                elif all(d is not None for d in deps) and len(running) < backend.slots:
+                    pending.remove(job)
+                    running[backend.submit(job)] = job
+            if running:
+                for handle, summary in backend.wait(list(running)):
+                    finish(running.pop(handle), summary)
+            elif pending:  # nothing can start and nothing runs: unreachable dependencies
+                for job in pending:
+                    finish(job, {"status": "blocked", "detail": "dependencies never finished", "wall_s": 0.0})
+                pending = []
+    finally:
+        backend.close()
+    return [results[j.key] for j in sweep.jobs]

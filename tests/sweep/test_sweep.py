@@ -1,0 +1,131 @@
+"""qsink sweep: the job graph, the local executor (inline and process pool), crash recovery, and Ray for real."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from qsink.errors import QsinkError
+from qsink.sweep import execute, load_sweep, order, status
+
+
+def write_sweep(tmp_path: Path, text_file: Path, seeds=(0,), schemes="[w8a8, w4a16]", handling="[none, hadamard]",
+                steps: int = 6) -> Path:
+    (tmp_path / "tiny.yaml").write_text(
+        f"name: tiny\ndata: ['file:{text_file}']\nval_data: 'file:{text_file}'\nvocab_size: 300\nseq_len: 32\n"
+        f"batch_size: 4\nsteps: {steps}\nwarmup: 1\neval_every: {steps}\nckpt_every: 2\neval_batches: 1\nthreads: 1\n"
+        "model: {hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2}\n")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        f"name: t\nout: {tmp_path / 'out'}\ntrain:\n  - recipe: tiny.yaml\n    seeds: {list(seeds)}\n"
+        f"evaluate:\n  - models: [trained]\n    data: 'file:{text_file}'\n    calib_data: 'file:{text_file}'\n"
+        f"    schemes: {schemes}\n    handling: {handling}\n    ctx: 32\n    max_tokens: 256\n    calib: 1\n"
+        "    profile_samples: 2\n    batch_size: 2\nresources:\n  evaluate: {num_cpus: 1}\n")
+    return sweep
+
+
+def test_plan_dependencies_and_dropped_pairs(sample_text_file, tmp_path):
+    sw = load_sweep(write_sweep(tmp_path, sample_text_file, seeds=(0, 1), handling="[none, smoothquant]"))
+    keys = [j.key for j in sw.jobs]
+    # w4a16 quantizes no activations: smoothquant is dropped for it with the reason; w8a8 keeps both
+    assert any(d.startswith("w4a16+smoothquant") for d in sw.dropped)
+    per_model = ["fp", "w8a8", "w8a8+smoothquant", "w4a16"]
+    assert keys == ["train:tiny-seed0", "train:tiny-seed1"] + [
+        f"eval:{tmp_path / 'out' / 'train' / f'tiny-seed{s}'}:{c}" for s in (0, 1) for c in per_model]
+    fp = sw.job(f"eval:{tmp_path / 'out' / 'train' / 'tiny-seed1'}:fp")
+    q = sw.job(f"eval:{tmp_path / 'out' / 'train' / 'tiny-seed1'}:w8a8")
+    assert fp.deps == ("train:tiny-seed1",) and q.deps == ("train:tiny-seed1", fp.key)
+    assert [j.kind for j in order(list(reversed(sw.jobs)))][:2] == ["train", "train"]  # dependencies first
+    assert q.resources == {"num_cpus": 1, "num_gpus": 0}
+    assert not any(status(sw).values())  # nothing trained yet
+
+
+def test_bad_sweeps_say_what_to_fix(sample_text_file, tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\ntrian: []\n")
+    with pytest.raises(QsinkError, match="unknown key.*trian"):
+        load_sweep(p)
+    p.write_text("name: x\ntrain:\n  - recipe: missing.yaml\n")
+    with pytest.raises(QsinkError, match="missing.yaml not found"):
+        load_sweep(p)
+    p.write_text("name: x\n")
+    with pytest.raises(QsinkError, match="nothing to do"):
+        load_sweep(p)
+    sw = load_sweep(write_sweep(tmp_path, sample_text_file))
+    with pytest.raises(QsinkError, match="unknown executor"):
+        execute(sw, executor="slurm")
+
+
+def test_local_sweep_then_rerun_runs_nothing(sample_text_file, tmp_path):
+    sw = load_sweep(write_sweep(tmp_path, sample_text_file, schemes="[w8a8]", handling="[none]"))
+    first = execute(sw)
+    assert [r["status"] for r in first] == ["done"] * 3, first
+    records = sorted((tmp_path / "out" / "records").glob("*.json"))
+    cells = [json.loads(p.read_text()) for p in records]
+    q = next(c for c in cells if c.get("identity", {}).get("scheme") == "w8a8")
+    assert q["status"] == "ok" and q["metrics"]["delta_ppl_pct"] is not None  # Δ against the fp dependency
+    mtimes = {p: p.stat().st_mtime_ns for p in records}
+    again = execute(load_sweep(tmp_path / "sweep.yaml"))
+    assert [r["status"] for r in again] == ["skipped"] * 3
+    assert {p: p.stat().st_mtime_ns for p in records} == mtimes
+    assert all(status(sw).values())
+
+
+def test_failed_dependency_blocks_its_cells(sample_text_file, tmp_path):
+    sweep = write_sweep(tmp_path, sample_text_file, schemes="[w8a8]", handling="[none]")
+    (tmp_path / "tiny.yaml").write_text((tmp_path / "tiny.yaml").read_text().replace(f"file:{sample_text_file}'\nvocab",
+                                                                                      f"file:{tmp_path}/gone.txt'\nvocab"))
+    res = execute(load_sweep(sweep))
+    assert res[0]["status"] == "failed" and "gone.txt" in res[0]["detail"]
+    assert [r["status"] for r in res[1:]] == ["blocked", "blocked"]
+
+
+def test_kill_minus_9_of_the_driver_then_rerun(sample_text_file, tmp_path):
+    """A real crash: the sweep process is SIGKILLed once the first record is on disk; the rerun
+    keeps every finished output and runs only the rest."""
+    sweep = write_sweep(tmp_path, sample_text_file, seeds=(0, 1), schemes="[w8a8]", handling="[none]", steps=40)
+    proc = subprocess.Popen([sys.executable, "-m", "qsink", "sweep", str(sweep), "--device", "cpu"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    records = tmp_path / "out" / "records"
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(p.name.endswith(".json") for p in records.glob("*__*.json")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {p: p.stat().st_mtime_ns for p in records.glob("*.json")}
+    assert before, "the sweep wrote nothing before the deadline"
+    assert not list(records.glob("*.tmp*"))  # only whole records
+    sw = load_sweep(sweep)
+    res = execute(sw)
+    assert all(r["status"] in ("done", "skipped") for r in res), res
+    assert "skipped" in [r["status"] for r in res] and "done" in [r["status"] for r in res]
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # nothing finished was recomputed
+    assert all(status(sw).values())
+
+
+def test_process_pool_executor(sample_text_file, tmp_path):
+    sw = load_sweep(write_sweep(tmp_path, sample_text_file, seeds=(0, 1), schemes="[w8a8]", handling="[none]"))
+    res = execute(sw, workers=2)
+    assert [r["status"] for r in res] == ["done"] * 6, res
+    assert len({r["pid"] for r in res}) >= 2 and os.getpid() not in {r["pid"] for r in res}
+
+
+def test_ray_executor_on_a_local_cluster(sample_text_file, tmp_path):
+    ray = pytest.importorskip("ray")
+    sw = load_sweep(write_sweep(tmp_path, sample_text_file, seeds=(0, 1), schemes="[w8a8]", handling="[none]"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"QSINK_HOME": os.environ["QSINK_HOME"]}})
+    try:
+        res = execute(sw, executor="ray")
+        assert [r["status"] for r in res] == ["done"] * 6, res
+        assert os.getpid() not in {r["pid"] for r in res}  # ran in Ray worker processes
+        again = execute(load_sweep(tmp_path / "sweep.yaml"), executor="ray")
+        assert [r["status"] for r in again] == ["skipped"] * 6
+    finally:
+        ray.shutdown()
+    assert all(status(sw).values())
