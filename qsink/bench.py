@@ -217,7 +217,18 @@ def bench_train(recipe, steps: int = 20, log=print) -> dict:
     }
 
 
+def peak_rss_mib() -> float:
+    """The peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
 def write_json(doc: dict, path: Path) -> Path:
+    """Write a benchmark document, stamped with the process's peak resident memory."""
+    doc.setdefault("peak_rss_mib", peak_rss_mib())
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(path, json.dumps(doc, indent=2))

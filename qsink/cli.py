@@ -74,7 +74,7 @@ def evaluate(
     include: List[str] = typer.Option([], "--include", help="Also quantize lm_head and/or embed (default: they stay in high precision)."),
     profile_samples: int = typer.Option(16, "--profile-samples", help="Windows for each model's spike/sink profile, attached to its records (0 = none)."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or map (layers spread over the GPUs by accelerate; auto maps a model too big for one GPU)."),
     seed: int = typer.Option(0, "--seed"),
     out_dir: Path = typer.Option(Path("runs"), "--out", help="Directory for the JSON records."),
     force: bool = typer.Option(False, "--force", help="Recompute cells whose record already exists."),
@@ -159,7 +159,7 @@ def measure(
     attn_windows: Optional[int] = typer.Option(None, "--attn-windows", help="Windows that run eager attention for sink statistics (default: all)."),
     batch_size: int = typer.Option(1, "--batch-size"),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or map (layers spread over the GPUs by accelerate; auto maps a model too big for one GPU)."),
     out_dir: Path = typer.Option(Path("runs"), "--out", help="Directory for the profile JSON and its plots."),
     force: bool = typer.Option(False, "--force", help="Recompute even if this profile exists."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
@@ -335,7 +335,7 @@ def train(
     size: Optional[str] = typer.Option(None, "--size", help="A size from the recipe's sizes: (e.g. gpu)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Override the recipe's step count."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the recipe's seed (run-to-run spread)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or map (layers spread over the GPUs by accelerate; auto maps a model too big for one GPU)."),
 ) -> None:
     """Train one of qsink's model variants from a recipe; the output loads in measure and evaluate."""
     from qsink.models import pick_device
@@ -365,7 +365,7 @@ def sweep(
     executor: str = typer.Option("local", "--executor", help="local (this machine) or ray (one Ray task per job)."),
     address: Optional[str] = typer.Option(None, "--address", help="--executor ray: an existing cluster (e.g. 127.0.0.1:6379 or auto); default: start one here."),
     workers: int = typer.Option(1, "--workers", help="--executor local: parallel worker processes (0 = one per CPU core; 1 = run in this process)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N], for every job."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or map, for every job."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Override the recipe's out directory."),
     plan: bool = typer.Option(False, "--plan", help="List the jobs and which are already done; run nothing."),
 ) -> None:
@@ -645,6 +645,48 @@ def bench_train_cmd(
     out.print(f"qsink {doc['qsink_tokens_per_s']:.0f} tok/s vs plain loop {doc['plain_loop_tokens_per_s']:.0f} tok/s "
               f"= {doc['ratio']:.2f}; MFU {100 * doc['mfu']:.1f}% of a measured {doc['matmul_peak_gflops']:.0f} GFLOP/s; wrote {out_file}",
               highlight=False)
+
+
+@bench_app.command("all")
+def bench_all_cmd(
+    model: str = typer.Argument("smollm2-135m"),
+    recipe: Path = typer.Option(Path("recipes/variants/base.yaml"), "--recipe", help="Training recipe for the training ratio."),
+    windows: int = typer.Option(8, "--windows", "-n"),
+    ctx: int = typer.Option(512, "--ctx"),
+    repeats: int = typer.Option(2, "--repeats"),
+    train_steps: int = typer.Option(20, "--train-steps"),
+    out_file: Path = typer.Option(Path("results/bench/all.json"), "--out"),
+) -> None:
+    """Every ratio in one run on one machine: schemes / fp, measure / forward, lm-eval / qsink, training / plain loop, MFU, peak RSS."""
+    from qsink.bench import bench_measure, bench_ppl, bench_quant, bench_train, machine, peak_rss_mib, write_json
+    from qsink.data import load_corpus
+    from qsink.train import load_recipe
+
+    from qsink.quant.schemes import SCHEMES
+
+    m, tok, text = _bench_inputs(model)
+    parts = {}
+    cells = tuple((name, "none") for name in SCHEMES.names() if name != "fp")
+    parts["quant"] = bench_quant(m, tok, text, load_corpus("austen", "train", log=_log), cells=cells, windows_n=windows,
+                                 ctx=ctx, repeats=repeats, log=_log)
+    parts["measure"] = bench_measure(m, tok, text, samples=windows, ctx=ctx, repeats=repeats, log=_log)
+    parts["ppl"] = bench_ppl(m, tok, text, windows_n=windows, ctx=ctx, repeats=repeats, log=_log)
+    rss_eval = peak_rss_mib()
+    del m
+    parts["train"] = bench_train(load_recipe(recipe), steps=train_steps, log=_log)
+    doc = {"model": model, "recipe": str(recipe), "windows": windows, "ctx": ctx, "repeats": repeats,
+           "ratios": {**{f"{k} / fp": v for k, v in parts["quant"]["ratio"].items()},
+                      "measure / plain forward": parts["measure"]["ratio"],
+                      "lm-eval same windows / qsink": parts["ppl"]["speed_ratio_same_windows"],
+                      "lm-eval rolling per token / qsink": parts["ppl"]["speed_ratio_rolling_per_token"],
+                      "qsink train / plain loop (tokens/s)": parts["train"]["ratio"]},
+           "mfu": parts["train"]["mfu"], "matmul_peak_gflops": parts["train"]["matmul_peak_gflops"],
+           "peak_rss_mib_after_eval": rss_eval, "peak_rss_mib": peak_rss_mib(), "machine": machine(), "parts": parts}
+    write_json(doc, out_file)
+    for k, v in doc["ratios"].items():
+        out.print(f"{k}: {v:.2f}", highlight=False)
+    out.print(f"MFU {100 * doc['mfu']:.1f}% of {doc['matmul_peak_gflops']:.0f} GFLOP/s; peak RSS {doc['peak_rss_mib']:.0f} MiB; "
+              f"wrote {out_file}", highlight=False)
 
 
 def main(argv: list[str] | None = None) -> None:

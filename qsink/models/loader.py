@@ -167,11 +167,42 @@ def checkpoint_dir(resolved: ResolvedModel, log=print) -> Path:
 def pick_device(device: str = "auto") -> str:
     import torch
 
+    if device == "map":  # the loader's device_map="auto"; elsewhere the first GPU or the CPU
+        device = "auto"
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise QsinkError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
     return device
+
+
+def placement(weight_bytes: int, free_bytes: list[int], device: str = "auto", headroom: float = 0.8) -> str:
+    """Where a model of ``weight_bytes`` goes: ``"cpu"``, one ``"cuda[:N]"`` device, or ``"map"``
+    (``device_map="auto"``: accelerate spreads the layers over every GPU, then CPU memory).
+
+    ``free_bytes`` is the free memory of each visible GPU. With ``device="auto"`` a model that fits in
+    ``headroom`` of the first GPU's free memory (activations and quantization need the rest) goes
+    there whole; a larger one is mapped. An explicit ``cpu`` or ``cuda:N`` is obeyed as given.
+    """
+    if device not in ("auto", "map"):
+        return device
+    if not free_bytes:
+        return "cpu"
+    if device == "auto" and weight_bytes <= headroom * free_bytes[0]:
+        return "cuda"
+    return "map"
+
+
+def _weight_bytes(folder: Path, dtype: str) -> int:
+    """Bytes the weights take in ``dtype`` (from the safetensors files' sizes, which hold them in their saved dtype)."""
+    files = list(folder.glob("*.safetensors"))
+    saved = sum(f.stat().st_size for f in files)
+    try:
+        saved_dtype = json.loads((folder / "config.json").read_text()).get("torch_dtype") or "float32"
+    except (OSError, ValueError):
+        saved_dtype = "float32"
+    width = {"float32": 4, "float16": 2, "bfloat16": 2}.get(str(saved_dtype), 4)
+    return saved * {"fp32": 4, "bf16": 2, "fp16": 2}[dtype] // width
 
 
 def load(spec: str | ResolvedModel, dtype: str = "fp32", device: str = "auto", trust_remote_code: bool = False, log=print):
@@ -196,9 +227,14 @@ def load(spec: str | ResolvedModel, dtype: str = "fp32", device: str = "auto", t
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    where = pick_device(device) if device not in ("auto", "map") else placement(
+        _weight_bytes(folder, dtype), [torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())], device)
+    extra = {"device_map": "auto"} if where == "map" else {}
+    if where == "map":
+        log(f"{resolved.name}: weights larger than one GPU's free memory; spreading them with device_map='auto'")
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=getattr(torch, DTYPES[dtype]), use_safetensors=True, trust_remote_code=trust_remote_code
+            folder, dtype=getattr(torch, DTYPES[dtype]), use_safetensors=True, trust_remote_code=trust_remote_code, **extra
         )
     except ValueError as e:
         if "trust_remote_code" in str(e):
@@ -210,7 +246,9 @@ def load(spec: str | ResolvedModel, dtype: str = "fp32", device: str = "auto", t
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise QsinkError(f"{folder} has no usable tokenizer ({_first_line(e)}); save one with tokenizer.save_pretrained") from None
-    model.to(pick_device(device)).eval()
+    if where != "map":
+        model.to(where)
+    model.eval()
     return model, tokenizer
 
 

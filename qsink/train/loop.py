@@ -85,10 +85,11 @@ class TokenStream:
         return torch.cat([torch.full((n, 1), self.bos, dtype=torch.long), body], dim=1)
 
 
-def _param_groups(model, weight_decay):
+def _param_groups(model, weight_decay, decay_embeddings: bool = True):
+    """Matrices decay; vectors (norm gains, scalars) never do; embeddings only if ``decay_embeddings``."""
     decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        (decay if p.dim() >= 2 else no_decay).append(p)
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and (decay_embeddings or "embed" not in name) else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -190,7 +191,7 @@ def train(r: TrainRecipe, out: Path, resume: bool = False, device: str = "cpu", 
     cfg = QsinkConfig(vocab_size=len(tok), max_position_embeddings=max(r.seq_len, 64), bos_token_id=tok.bos_token_id,
                       eos_token_id=tok.eos_token_id, **r.model_config())
     model = QsinkForCausalLM(cfg).to(device)
-    opt = torch.optim.AdamW(_param_groups(model, r.weight_decay), lr=r.lr, betas=tuple(r.betas), foreach=False)
+    opt = torch.optim.AdamW(_param_groups(model, r.weight_decay, r.decay_embeddings), lr=r.lr, betas=tuple(r.betas), foreach=False)
     step, history = 0, []
     if resume:
         state = json.loads(state_file.read_text())

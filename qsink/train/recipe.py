@@ -37,6 +37,7 @@ class TrainRecipe:
     min_lr_ratio: float = 0.1  # cosine decays to lr * this
     warmup: int = 50
     weight_decay: float = 0.1
+    decay_embeddings: bool = True  # False: the (tied) embedding matrix is exempt from weight decay
     grad_clip: float = 1.0
     betas: list = field(default_factory=lambda: [0.9, 0.95])
     loss_min: int = 0  # the loss is taken on target positions in [loss_min, loss_max]

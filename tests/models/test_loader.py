@@ -103,3 +103,25 @@ def test_remote_code_needs_consent(tiny_model_dir, tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(QsinkError, match="--trust-remote-code"):
         load(str(d), log=lambda m: None)
+
+
+def test_placement_known_answers():
+    from qsink.models.loader import placement
+
+    gib = 2**30
+    assert placement(10 * gib, []) == "cpu"  # no GPU
+    assert placement(10 * gib, [80 * gib]) == "cuda"  # fits in 0.8 of the free memory
+    assert placement(70 * gib, [80 * gib, 80 * gib]) == "map"  # 70 > 0.8 x 80: spread it
+    assert placement(1 * gib, [80 * gib], device="map") == "map"  # asked for
+    assert placement(70 * gib, [80 * gib], device="cuda:1") == "cuda:1"  # explicit devices are obeyed
+    assert placement(70 * gib, [80 * gib], device="cpu") == "cpu"
+
+
+def test_weight_bytes_scale_with_the_load_dtype(tmp_path):
+    import json
+
+    from qsink.models.loader import _weight_bytes
+
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 4000)
+    (tmp_path / "config.json").write_text(json.dumps({"torch_dtype": "bfloat16"}))
+    assert _weight_bytes(tmp_path, "bf16") == 4000 and _weight_bytes(tmp_path, "fp32") == 8000

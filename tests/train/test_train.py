@@ -219,3 +219,16 @@ def test_cli_seed_override_changes_the_run_and_is_recorded(sample_text_file, tmp
     assert json.loads((a / "trainer_state.json").read_text())["recipe"]["seed"] == 0
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert not torch.equal(wa["model.embed_tokens.weight"], wb["model.embed_tokens.weight"])
+
+
+def test_decay_embeddings_switch():
+    from qsink.models.family import QsinkConfig, QsinkForCausalLM
+    from qsink.train.loop import _param_groups
+
+    model = QsinkForCausalLM(QsinkConfig(vocab_size=10, hidden_size=16, num_hidden_layers=1, num_attention_heads=2))
+    emb = model.model.embed_tokens.weight
+    for flag in (True, False):
+        decay, rest = _param_groups(model, 0.1, decay_embeddings=flag)
+        assert any(p is emb for p in decay["params"]) is flag and any(p is emb for p in rest["params"]) is not flag
+        assert decay["weight_decay"] == 0.1 and rest["weight_decay"] == 0.0
+        assert all(p.dim() >= 2 for p in decay["params"]) and any(p.dim() == 1 for p in rest["params"])
