@@ -124,21 +124,41 @@ class _Inline:
 
 
 class _Pool:
+    """Spawned worker processes. A worker that dies (kill -9, out of memory) breaks the pool: its
+    job and every job then in flight are reported failed, and later jobs get a fresh pool."""
+
     def __init__(self, workers: int):
+        self.slots = workers
+        self._pool = self._new()
+
+    def _new(self):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        self.slots = workers
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(max_workers=self.slots, mp_context=multiprocessing.get_context("spawn"))
 
     def submit(self, job: Job):
-        return self._pool.submit(run_job, job)
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return self._pool.submit(run_job, job)
+        except BrokenProcessPool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new()
+            return self._pool.submit(run_job, job)
 
     def wait(self, handles):
         from concurrent.futures import FIRST_COMPLETED, wait
 
         finished, _ = wait(handles, return_when=FIRST_COMPLETED)
-        return [(f, f.result()) for f in finished]
+        out = []
+        for f in finished:
+            try:
+                out.append((f, f.result()))
+            except Exception as e:  # BrokenProcessPool: the worker process died
+                out.append((f, {"key": None, "status": "failed", "detail": f"worker lost: {type(e).__name__}",
+                                "wall_s": 0.0}))
+        return out
 
     def close(self):
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -174,7 +194,8 @@ class _Ray:
             try:
                 out.append((h, self.ray.get(h)))
             except Exception as e:  # the worker process died (kill -9, out of memory)
-                out.append((h, {"key": None, "status": "failed", "detail": f"worker lost: {type(e).__name__}"}))
+                out.append((h, {"key": None, "status": "failed", "detail": f"worker lost: {type(e).__name__}",
+                                "wall_s": 0.0}))
         return out
 
     def close(self):

@@ -129,3 +129,32 @@ def test_ray_executor_on_a_local_cluster(sample_text_file, tmp_path):
     finally:
         ray.shutdown()
     assert all(status(sw).values())
+
+
+def test_kill_minus_9_of_a_pool_worker_then_rerun(sample_text_file, tmp_path):
+    """A worker process SIGKILLed mid-training: its job is reported failed (dependents blocked),
+    the driver survives, and the rerun resumes the training from its last checkpoint."""
+    from qsink.sweep.execute import _Pool
+
+    sw = load_sweep(write_sweep(tmp_path, sample_text_file, schemes="[w8a8]", handling="[none]", steps=400))
+    train_job = sw.jobs[0]
+    pool = _Pool(1)
+    try:
+        handle = pool.submit(train_job)
+        ckpt = Path(train_job.payload["out"]) / "trainer_state.json"
+        deadline = time.time() + 120
+        while time.time() < deadline and not ckpt.is_file():
+            time.sleep(0.2)
+        assert ckpt.is_file()
+        for proc in list(pool._pool._processes.values()):
+            os.kill(proc.pid, signal.SIGKILL)
+        [(h, summary)] = pool.wait([handle])
+        assert h is handle and summary["status"] == "failed" and "worker lost" in summary["detail"]
+        step = json.loads(ckpt.read_text())["step"]
+        assert 2 <= step < 400
+        h2 = pool.submit(train_job)  # a fresh pool replaces the broken one; the job resumes
+        [(_, again)] = pool.wait([h2])
+        assert again["status"] == "done" and again["detail"].startswith("step 400") and "resumed" in again["detail"], again
+    finally:
+        pool.close()
+    assert [r["status"] for r in execute(sw)] == ["skipped", "done", "done"]
