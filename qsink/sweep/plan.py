@@ -4,6 +4,7 @@ A sweep recipe (``recipes/study-cpu.yaml``) names what to train and what to eval
 
     name: study-cpu
     out: runs/study-cpu               # checkpoints in OUT/train/, records in OUT/records/
+    records: results/study-cpu        # optional: the records somewhere else (e.g. a folder kept in git)
     train:
       - recipe: recipes/bb/base.yaml  # each (recipe, seed) is one training job
         seeds: [0, 1]
@@ -36,7 +37,7 @@ from pathlib import Path
 from qsink.config import load_yaml
 from qsink.errors import QsinkError
 
-KEYS = ("name", "out", "train", "evaluate", "resources", "size")
+KEYS = ("name", "out", "records", "train", "evaluate", "resources", "size")
 RESOURCE_DEFAULTS = {"train": {"num_cpus": 1, "num_gpus": 0}, "evaluate": {"num_cpus": 1, "num_gpus": 0}}
 
 
@@ -57,10 +58,7 @@ class Sweep:
     out: Path
     jobs: list[Job]
     dropped: list[str]  # scheme x handling pairs left out, with the reason
-
-    @property
-    def records(self) -> Path:
-        return self.out / "records"
+    records: Path
 
     def job(self, key: str) -> Job:
         return next(j for j in self.jobs if j.key == key)
@@ -82,6 +80,7 @@ def load_sweep(path: str | Path, device: str = "auto", out: str | Path | None = 
         raise QsinkError(f"sweep {path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(KEYS)}")
     name = raw.get("name") or path.stem
     out_dir = Path(out or raw.get("out") or Path("runs") / name).resolve()  # workers may not share our cwd (Ray)
+    records = Path(raw["records"]).resolve() if raw.get("records") and not out else out_dir / "records"
     resources = {kind: {**RESOURCE_DEFAULTS[kind], **(raw.get("resources") or {}).get(kind, {})} for kind in RESOURCE_DEFAULTS}
     if device.startswith("cuda") and not any(r["num_gpus"] for r in resources.values()):
         resources = {k: {**v, "num_gpus": 1} for k, v in resources.items()}
@@ -134,11 +133,17 @@ def load_sweep(path: str | Path, device: str = "auto", out: str | Path | None = 
                 jobs.append(Job(key, "eval", deps, {"model": model, "scheme": cell.scheme, "handling": cell.handling,
                                                     "settings": settings.__dict__ | {"include": list(settings.include),
                                                                                      "tasks": list(settings.tasks)},
-                                                    "data": block.get("data"), "records": str(out_dir / "records")},
+                                                    "data": block.get("data"), "records": str(records)},
                                 resources["evaluate"]))
     if not jobs:
         raise QsinkError(f"sweep {path} has nothing to do: add a 'train' list or an 'evaluate' block")
-    return Sweep(name, out_dir, jobs, dropped)
+    # each training job followed by the cells that need it, so finished models come with their results
+    # early in a long sweep; then the cells of models that need no training
+    grouped = []
+    for job in [j for j in jobs if j.kind == "train"]:
+        grouped += [job] + [j for j in jobs if j.kind == "eval" and job.key in j.deps]
+    grouped += [j for j in jobs if j not in grouped]
+    return Sweep(name, out_dir, grouped, dropped, records)
 
 
 def train_done(payload: dict) -> bool:
