@@ -560,12 +560,12 @@ def data_list() -> None:
     out.print(table)
 
 
-def _bench_inputs(model: str):
+def _bench_inputs(model: str, device: str = "auto"):
     """The model, its tokenizer and the held-out Austen text every benchmark runs on."""
     from qsink.data import load_corpus
     from qsink.models import load
 
-    m, tok = load(model, log=_log)
+    m, tok = load(model, device=device, log=_log)
     return m, tok, load_corpus("austen", "test", log=_log)
 
 
@@ -655,6 +655,7 @@ def bench_all_cmd(
     ctx: int = typer.Option(512, "--ctx"),
     repeats: int = typer.Option(2, "--repeats"),
     train_steps: int = typer.Option(20, "--train-steps"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or map."),
     out_file: Path = typer.Option(Path("results/bench/all.json"), "--out"),
 ) -> None:
     """Every ratio in one run on one machine: schemes / fp, measure / forward, lm-eval / qsink, training / plain loop, MFU, peak RSS."""
@@ -664,7 +665,7 @@ def bench_all_cmd(
 
     from qsink.quant.schemes import SCHEMES
 
-    m, tok, text = _bench_inputs(model)
+    m, tok, text = _bench_inputs(model, device)
     parts = {}
     cells = tuple((name, "none") for name in SCHEMES.names() if name != "fp")
     parts["quant"] = bench_quant(m, tok, text, load_corpus("austen", "train", log=_log), cells=cells, windows_n=windows,
