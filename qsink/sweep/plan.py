@@ -155,17 +155,17 @@ def train_done(payload: dict) -> bool:
 
 
 def order(jobs: list[Job]) -> list[Job]:
-    """Topological order (stable: the recipe's order wherever dependencies allow)."""
-    done: set[str] = set()
+    """Topological order that keeps the given order wherever dependencies allow: each step takes the
+    first job (in list order) whose dependencies are all placed, so a training job's cells follow it."""
     keys = {j.key for j in jobs}
+    placed: set[str] = set()
     out: list[Job] = []
     pending = list(jobs)
     while pending:
-        ready = [j for j in pending if all(d in done or d not in keys for d in j.deps)]
-        if not ready:
+        nxt = next((j for j in pending if all(d in placed or d not in keys for d in j.deps)), None)
+        if nxt is None:
             raise QsinkError("the sweep's dependencies form a cycle: " + ", ".join(j.key for j in pending))
-        for j in ready:
-            out.append(j)
-            done.add(j.key)
-        pending = [j for j in pending if j.key not in done]
+        out.append(nxt)
+        placed.add(nxt.key)
+        pending.remove(nxt)
     return out

@@ -43,6 +43,7 @@ def test_plan_dependencies_and_dropped_pairs(sample_text_file, tmp_path):
     assert fp.deps == ("train:tiny-seed1",) and q.deps == ("train:tiny-seed1", fp.key)
     ordered = [j.key for j in order(list(reversed(sw.jobs)))]
     assert all(ordered.index(d) < ordered.index(j.key) for j in sw.jobs for d in j.deps)  # dependencies first
+    assert [j.key for j in order(sw.jobs)] == keys  # and the given order wherever they allow it
     assert sw.records == tmp_path / "out" / "records"
     assert q.resources == {"num_cpus": 1, "num_gpus": 0}
     assert not any(status(sw).values())  # nothing trained yet
