@@ -41,3 +41,16 @@ def test_quant_ratio_on_a_tiny_model(sample_text_file):
     windows = make_windows(tok, text, 32, max_tokens=2 * 32)
     assert doc["ppl"]["fp"] == pytest.approx(perplexity(model, tok, windows, 2).ppl, rel=1e-6)
     assert doc["ppl"]["w4a4+none"] != doc["ppl"]["fp"]  # the quantized copies are really quantized
+
+
+def test_train_ratio_on_a_tiny_recipe(sample_text_file):
+    from qsink.bench import bench_train
+    from qsink.train import TrainRecipe
+
+    r = TrainRecipe(name="tiny", data=[f"file:{sample_text_file}"], val_data=f"file:{sample_text_file}", vocab_size=300,
+                    seq_len=32, batch_size=4, warmup=1, eval_batches=1, threads=1,
+                    model={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2})
+    doc = bench_train(r, steps=3, log=lambda m: None)
+    assert doc["qsink_tokens_per_s"] > 0 and doc["plain_loop_tokens_per_s"] > 0
+    assert doc["ratio"] == pytest.approx(doc["qsink_tokens_per_s"] / doc["plain_loop_tokens_per_s"])
+    assert doc["matmul_peak_gflops"] > 0 and 0 < doc["mfu"]
