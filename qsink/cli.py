@@ -575,12 +575,13 @@ def bench_measure_cmd(
     samples: int = typer.Option(16, "--samples", "-n"),
     ctx: int = typer.Option(512, "--ctx"),
     repeats: int = typer.Option(2, "--repeats"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or map."),
     out_file: Path = typer.Option(Path("results/bench/measure.json"), "--out"),
 ) -> None:
     """Wall time of `qsink measure` / a plain forward with output_hidden_states=True (target <= 1.5)."""
     from qsink.bench import bench_measure, write_json
 
-    m, tok, text = _bench_inputs(model)
+    m, tok, text = _bench_inputs(model, device)
     doc = bench_measure(m, tok, text, samples=samples, ctx=ctx, repeats=repeats, log=_log)
     doc["model"] = model
     write_json(doc, out_file)
@@ -594,12 +595,13 @@ def bench_ppl_cmd(
     windows: int = typer.Option(8, "--windows", "-n"),
     ctx: int = typer.Option(512, "--ctx"),
     repeats: int = typer.Option(2, "--repeats"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or map."),
     out_file: Path = typer.Option(Path("results/bench/ppl.json"), "--out"),
 ) -> None:
     """fp perplexity wall time: lm-eval's rolling-loglikelihood scorer / qsink on the same windows (target >= 1), and agreement."""
     from qsink.bench import bench_ppl, write_json
 
-    m, tok, text = _bench_inputs(model)
+    m, tok, text = _bench_inputs(model, device)
     doc = bench_ppl(m, tok, text, windows_n=windows, ctx=ctx, repeats=repeats, log=_log)
     doc["model"] = model
     write_json(doc, out_file)
@@ -614,13 +616,14 @@ def bench_quant_cmd(
     windows: int = typer.Option(8, "--windows", "-n"),
     ctx: int = typer.Option(512, "--ctx"),
     repeats: int = typer.Option(2, "--repeats"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or map."),
     out_file: Path = typer.Option(Path("results/bench/quant.json"), "--out"),
 ) -> None:
     """Perplexity wall time of w8a8 and w4a4+hadamard / fp on the same windows (targets 1.3 and 1.6)."""
     from qsink.bench import bench_quant, write_json
     from qsink.data import load_corpus
 
-    m, tok, text = _bench_inputs(model)
+    m, tok, text = _bench_inputs(model, device)
     doc = bench_quant(m, tok, text, load_corpus("austen", "train", log=_log),
                       windows_n=windows, ctx=ctx, repeats=repeats, log=_log)
     doc["model"] = model
