@@ -664,9 +664,8 @@ def bench_all_cmd(
     """Every ratio in one run on one machine: schemes / fp, measure / forward, lm-eval / qsink, training / plain loop, MFU, peak RSS."""
     from qsink.bench import bench_measure, bench_ppl, bench_quant, bench_train, machine, peak_rss_mib, write_json
     from qsink.data import load_corpus
-    from qsink.train import load_recipe
-
     from qsink.quant.schemes import SCHEMES
+    from qsink.train import load_recipe
 
     m, tok, text = _bench_inputs(model, device)
     parts = {}
