@@ -46,15 +46,21 @@ def _train(p: dict) -> tuple[str, str]:
     return "done", f"step {res.step}, val loss {res.val_loss:.4f}" + (" (resumed)" if resume else "")
 
 
+def _settings(p: dict):
+    """The EvalSettings an evaluation job's payload carries as plain data."""
+    from qsink.evaluate.runner import EvalSettings
+
+    return EvalSettings(**{**p["settings"], "include": tuple(p["settings"]["include"]),
+                           "tasks": tuple(p["settings"]["tasks"])})
+
+
 def _evaluate(p: dict) -> tuple[str, str]:
     from qsink.data import resolve_data
-    from qsink.evaluate.runner import Cell, EvalSettings, run_cells
+    from qsink.evaluate.runner import Cell, run_cells
     from qsink.models import resolve
     from qsink.results import RecordStore
 
-    s = dict(p["settings"])
-    s["include"], s["tasks"] = tuple(s["include"]), tuple(s["tasks"])
-    settings = EvalSettings(**s)
+    settings = _settings(p)
     cell = Cell(p["scheme"], p["handling"])
     cells = [cell] if cell.scheme == "fp" else [Cell("fp"), cell]  # the fp record is there already (a dependency)
     quiet = lambda m: None  # noqa: E731
@@ -72,7 +78,7 @@ def _evaluate(p: dict) -> tuple[str, str]:
 def status(sweep: Sweep) -> dict[str, bool]:
     """Which jobs are done, read from the outputs alone (no job is run)."""
     from qsink.data import resolve_data
-    from qsink.evaluate.runner import Cell, EvalSettings, identity
+    from qsink.evaluate.runner import Cell, identity
     from qsink.models import resolve
     from qsink.results import RecordStore
     from qsink.results.record import cell_key
@@ -95,9 +101,7 @@ def status(sweep: Sweep) -> dict[str, bool]:
         except QsinkError:
             done[job.key] = False  # not trained yet
             continue
-        s = dict(p["settings"])
-        s["include"], s["tasks"] = tuple(s["include"]), tuple(s["tasks"])
-        settings = EvalSettings(**s)
+        settings = _settings(p)
         calib = text(settings.calib_data) if p["scheme"] != "fp" else None
         ident = identity(res.sha256, Cell(p["scheme"], p["handling"]), text(p.get("data")), settings,
                          calib.sha256 if calib else None)
