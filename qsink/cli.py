@@ -32,6 +32,9 @@ def _log(msg: str) -> None:
     err.print(msg, highlight=False, markup=False)
 
 
+DEVICE_HELP = "auto, cpu, cuda[:N] or map (layers spread over the GPUs by accelerate; auto maps a model too big for one GPU)."
+
+
 def _split_names(values: list[str]) -> list[str]:
     from qsink.evaluate.recipe import split_names
 
@@ -74,7 +77,7 @@ def evaluate(
     include: List[str] = typer.Option([], "--include", help="Also quantize lm_head and/or embed (default: they stay in high precision)."),
     profile_samples: int = typer.Option(16, "--profile-samples", help="Windows for each model's spike/sink profile, attached to its records (0 = none)."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or map (layers spread over the GPUs by accelerate; auto maps a model too big for one GPU)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     seed: int = typer.Option(0, "--seed"),
     out_dir: Path = typer.Option(Path("runs"), "--out", help="Directory for the JSON records."),
     force: bool = typer.Option(False, "--force", help="Recompute cells whose record already exists."),
@@ -159,7 +162,7 @@ def measure(
     attn_windows: Optional[int] = typer.Option(None, "--attn-windows", help="Windows that run eager attention for sink statistics (default: all)."),
     batch_size: int = typer.Option(1, "--batch-size"),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or map (layers spread over the GPUs by accelerate; auto maps a model too big for one GPU)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     out_dir: Path = typer.Option(Path("runs"), "--out", help="Directory for the profile JSON and its plots."),
     force: bool = typer.Option(False, "--force", help="Recompute even if this profile exists."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
@@ -335,7 +338,7 @@ def train(
     size: Optional[str] = typer.Option(None, "--size", help="A size from the recipe's sizes: (e.g. gpu)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Override the recipe's step count."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the recipe's seed (run-to-run spread)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or map (layers spread over the GPUs by accelerate; auto maps a model too big for one GPU)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Train one of qsink's model variants from a recipe; the output loads in measure and evaluate."""
     from qsink.models import pick_device
@@ -575,7 +578,7 @@ def bench_measure_cmd(
     samples: int = typer.Option(16, "--samples", "-n"),
     ctx: int = typer.Option(512, "--ctx"),
     repeats: int = typer.Option(2, "--repeats"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or map."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     out_file: Path = typer.Option(Path("results/bench/measure.json"), "--out"),
 ) -> None:
     """Wall time of `qsink measure` / a plain forward with output_hidden_states=True (target <= 1.5)."""
@@ -595,7 +598,7 @@ def bench_ppl_cmd(
     windows: int = typer.Option(8, "--windows", "-n"),
     ctx: int = typer.Option(512, "--ctx"),
     repeats: int = typer.Option(2, "--repeats"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or map."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     out_file: Path = typer.Option(Path("results/bench/ppl.json"), "--out"),
 ) -> None:
     """fp perplexity wall time: lm-eval's rolling-loglikelihood scorer / qsink on the same windows (target >= 1), and agreement."""
@@ -616,7 +619,7 @@ def bench_quant_cmd(
     windows: int = typer.Option(8, "--windows", "-n"),
     ctx: int = typer.Option(512, "--ctx"),
     repeats: int = typer.Option(2, "--repeats"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or map."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     out_file: Path = typer.Option(Path("results/bench/quant.json"), "--out"),
 ) -> None:
     """Perplexity wall time of w8a8 and w4a4+hadamard / fp on the same windows (targets 1.3 and 1.6)."""
@@ -658,7 +661,7 @@ def bench_all_cmd(
     ctx: int = typer.Option(512, "--ctx"),
     repeats: int = typer.Option(2, "--repeats"),
     train_steps: int = typer.Option(20, "--train-steps"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or map."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     out_file: Path = typer.Option(Path("results/bench/all.json"), "--out"),
 ) -> None:
     """Every ratio in one run on one machine: schemes / fp, measure / forward, lm-eval / qsink, training / plain loop, MFU, peak RSS."""

@@ -24,6 +24,7 @@ import torch
 from qsink.data.synthetic import SYNTHETIC
 from qsink.models.family.config import QsinkConfig
 from qsink.models.family.modeling import QsinkForCausalLM
+from qsink.train.loop import _param_groups
 
 
 def probe(model, x: torch.Tensor, n_triggers: int) -> tuple[list[list[float]], list[tuple[float, float, float]]]:
@@ -84,10 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = QsinkConfig(vocab_size=task.n_tokens + 1, hidden_size=a.hidden, num_hidden_layers=a.layers,
                       num_attention_heads=a.heads, max_position_embeddings=max(a.ctx, 64), bos_token_id=bos)
     model = QsinkForCausalLM(cfg)
-    decay = [p_ for n, p_ in model.named_parameters() if p_.dim() >= 2 and "embed" not in n]
-    rest = [p_ for n, p_ in model.named_parameters() if not (p_.dim() >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.wd}, {"params": rest, "weight_decay": 0.0}],
-                            lr=a.lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(_param_groups(model, a.wd, decay_embeddings=False), lr=a.lr, betas=(0.9, 0.95))
     held_out = batch(10**8, 64, a.ctx)
     print(vars(a), flush=True)
     t0, step, tokens = time.time(), 0, 0
