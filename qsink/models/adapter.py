@@ -31,10 +31,13 @@ class FamilyAdapter:
     post_attn_norm: str | None  # norm in front of the FFN (pre-norm models)
     mlp: str
     # for function-preserving rewrites (SmoothQuant, Hadamard rotation); empty where unsupported
-    norm_groups: tuple[tuple[str, tuple[str, ...]], ...] = ()  # a norm and the linears that read its output
+    norm_groups: tuple[tuple[str, tuple[str, ...]], ...] = ()  # a per-channel affine norm and the linears that read its output
     residual_writers: tuple[str, ...] = ()  # linears whose output is added to the residual stream
     value_pair: tuple[str, str] | None = None  # (v_proj, o_proj): o's input is linear in v's output
     ffn_pair: tuple[str, str] | None = None  # (up_proj, down_proj): down's input is linear in up's output
+    # the residual stream can be rotated with the rotation folded into weights: every norm on it is an
+    # RMSNorm (scale-free once its weight is fused into the readers) and only residual_writers write to it
+    rotate_residual: bool = True
     specialize: Callable[[nn.Module], "FamilyAdapter"] | None = None  # per-config layout (qsink's own family)
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
@@ -66,6 +69,9 @@ class FamilyAdapter:
         if not self.norm_groups:
             raise QsinkError(f"{method} is not implemented for {self.family} models (it needs the pre-norm "
                              "layout of Llama-style blocks); use another outlier-handling method")
+
+    def can_rotate_residual(self) -> bool:
+        return bool(self.norm_groups) and self.rotate_residual
 
     def linears(self, block: nn.Module) -> dict[str, nn.Linear]:
         """Every linear layer inside a block, by its path relative to the block (e.g. ``self_attn.q_proj``)."""

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from qsink.data.windows import Windows
+from qsink.errors import QsinkError
 from qsink.measure import profile
 from qsink.models.family import VARIANTS, QsinkConfig, QsinkForCausalLM
 from qsink.models.family.modeling import DynamicTanh, apply_rope, rope_cos_sin
@@ -132,3 +133,40 @@ def test_profiler_and_quantizer_work_on_the_family():
     set_mode(q, "off")
     with torch.no_grad():
         assert float((q(input_ids=ids).logits - ref).abs().max() / ref.abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("norm", ["prenorm-rmsnorm", "sandwich", "qknorm", "sandwich-qk", "dyt", "postnorm", "layernorm"])
+@pytest.mark.parametrize("handling", ["smoothquant", "hadamard"])
+def test_rewrites_preserve_the_function_for_every_norm(norm, handling):
+    """SmoothQuant and Hadamard on every normalizer: same logits with quantization off (or a refusal
+    with the reason, only for SmoothQuant on post-norm), and the rotation mode the layout allows."""
+    tok = make_tokenizer(False)
+    m = tiny(norm=norm, gate="head", intermediate_size=80)  # FFN 80 = 20 x 4: a Paley Hadamard size
+    with torch.no_grad():  # non-trivial scales and shifts, and one loud channel, so the rewrites have work to do
+        for name, p in m.named_parameters():
+            if "norm" in name and p.dim() == 1:
+                p.uniform_(0.5, 2.0) if name.endswith("weight") else p.uniform_(-0.5, 0.5)
+        m.model.embed_tokens.weight[:, 7] *= 30
+    ids = torch.randint(0, 320, (2, 32))
+    w = Windows(ids, 32, False, 64, 64, "x", "0")
+    with torch.no_grad():
+        ref = m(input_ids=ids).logits
+    q = copy.deepcopy(m)
+    if handling == "smoothquant" and norm == "postnorm":
+        with pytest.raises(QsinkError, match="smoothquant is not implemented"):
+            quantize_(q, get_scheme("w4a4"), handling, w, tok, sqnr=False)
+        return
+    report = quantize_(q, get_scheme("w4a4"), handling, w, tok, sqnr=False)
+    set_mode(q, "off")
+    with torch.no_grad():
+        got = q(input_ids=ids).logits
+    err_off = float((got - ref).abs().max() / ref.abs().max())
+    assert err_off < 1e-4
+    set_mode(q, "quant")
+    with torch.no_grad():
+        err_q = float((q(input_ids=ids).logits - ref).abs().max() / ref.abs().max())
+    assert err_q > max(1e-4, 10 * err_off)  # and quantization is on
+    if handling == "hadamard":
+        assert report["handling"]["mode"] == ("residual" if norm in ("prenorm-rmsnorm", "qknorm") else "online")
+        if norm not in ("prenorm-rmsnorm", "qknorm"):  # every block linear reads a rotated input
+            assert len(report["handling"]["online_linears"]) == 8

@@ -14,12 +14,19 @@ _PATHS = dict(blocks_path="model.layers", embed_path="model.embed_tokens", final
 
 
 def _specialize(model) -> FamilyAdapter:
-    """Parts live where Llama's do. The function-preserving rewrites (SmoothQuant, Hadamard) need
-    scale-only RMSNorms in front of every residual reader and no norm on sub-layer outputs: the
-    pre-norm RMSNorm and QK-norm variants. Sandwich, DyT, post-norm and LayerNorm variants get an
-    adapter without rewrites (a clear error, never a wrong answer)."""
+    """Parts live where Llama's do. What the function-preserving rewrites may do depends on the norm:
+
+    * SmoothQuant divides a norm's per-channel scale (and bias) by s and multiplies the readers'
+      columns by s. That needs a norm whose output is read only by linears: every variant except
+      ``postnorm`` (whose norm output is the residual stream itself).
+    * Folding a residual rotation into the weights (QuaRot) also needs norms that commute with
+      rotations once their scale is fused away, and nothing but linears writing the residual:
+      ``prenorm-rmsnorm`` and ``qknorm`` only. Sandwich norms sit on the residual writes, DyT is
+      elementwise and LayerNorm subtracts the mean; for those Hadamard rotates each linear's input
+      online instead (see :mod:`qsink.quant.handling.hadamard`).
+    """
     cfg = model.config
-    if cfg.norm not in ("prenorm-rmsnorm", "qknorm"):
+    if cfg.norm == "postnorm":
         return FamilyAdapter("qsink", ("qsink",), **_PATHS)
     attn_readers = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
     if cfg.gate in ("head", "channel"):
@@ -32,7 +39,8 @@ def _specialize(model) -> FamilyAdapter:
         ffn_pair = ("mlp.up_proj", "mlp.down_proj") if cfg.ffn in ("swiglu", "linear") else None  # gelu(up) is not linear
     return FamilyAdapter("qsink", ("qsink",), **_PATHS,
                          norm_groups=(("input_layernorm", attn_readers), ("post_attention_layernorm", ffn_readers)),
-                         residual_writers=writers, value_pair=("self_attn.v_proj", "self_attn.o_proj"), ffn_pair=ffn_pair)
+                         residual_writers=writers, value_pair=("self_attn.v_proj", "self_attn.o_proj"), ffn_pair=ffn_pair,
+                         rotate_residual=cfg.norm in ("prenorm-rmsnorm", "qknorm"))
 
 
 register_adapter(FamilyAdapter("qsink", ("qsink",), **_PATHS, specialize=_specialize))

@@ -8,9 +8,16 @@
 3. An online Hadamard ``H`` rotates the input of down_proj at run time (its weight becomes
    ``W H``), which spreads the FFN's intermediate outliers before activation quantization.
 
-Without quantization the model computes the same function (tested to 1e-4). Sizes that are not
-powers of two use Paley constructions (:mod:`qsink.quant.hadamard`). QuaRot's per-head rotation
-of v/o is not applied.
+Where the residual stream cannot be rotated with folded weights (sandwich norms on the residual
+writes, DyT, LayerNorm, post-norm: ``adapter.can_rotate_residual()`` is false), every linear in
+every block is rotated online instead: its weight becomes ``W H`` and its input ``x H`` at run
+time, so ``(x H)(W H)^T = x W^T`` and both operands are quantized in the rotated basis. The record
+says which mode ran (``mode: residual`` or ``mode: online``); online costs one Hadamard transform
+per linear per forward.
+
+Without quantization the model computes the same function (tested to 1e-4 for every norm variant).
+Sizes that are not powers of two use Paley constructions (:mod:`qsink.quant.hadamard`). QuaRot's
+per-head rotation of v/o is not applied.
 """
 
 from __future__ import annotations
@@ -29,10 +36,13 @@ class Hadamard(Handler):
     def __init__(self, seed: int = 0, online: bool = True):
         self.seed, self.online = int(seed), bool(online)
         self.ffn_pair = None
+        self.mode = "residual"
+        self.online_all: set[str] = set()
 
     @torch.no_grad()
     def prepare(self, model, adapter, calib, scheme) -> None:
-        adapter.require_rewrites(self.name)
+        if not adapter.can_rotate_residual():
+            return self._prepare_online(model, adapter)
         blocks = adapter.blocks(model)
         D = model.config.hidden_size
         hadamard_factors(D)  # refuse an impossible size before touching weights
@@ -75,10 +85,24 @@ class Hadamard(Handler):
                 down = adapter.module(block, adapter.ffn_pair[1])
                 down.weight.copy_(apply_hadamard(down.weight.double()).to(down.weight.dtype))
 
+    @torch.no_grad()
+    def _prepare_online(self, model, adapter) -> None:
+        """Every block linear: ``W <- W H``, input ``x <- x H`` at run time."""
+        self.mode = "online"
+        blocks = adapter.blocks(model)
+        for n in sorted({lin.in_features for b in blocks for lin in adapter.linears(b).values()}):
+            hadamard_factors(n)  # refuse an impossible size before touching weights
+        for block in blocks:
+            for name, lin in adapter.linears(block).items():
+                lin.weight.copy_(apply_hadamard(lin.weight.double()).to(lin.weight.dtype))
+                self.online_all.add(name)
+
     def linear_options(self, layer: int, name: str) -> dict:
-        if self.ffn_pair and name == self.ffn_pair[1]:
+        if name in self.online_all or (self.ffn_pair and name == self.ffn_pair[1]):
             return {"input_transform": apply_hadamard, "transform_name": "hadamard"}
         return {}
 
     def report(self) -> dict:
-        return {"seed": self.seed, "online_down_proj": self.online}
+        if self.mode == "online":
+            return {"mode": "online", "online_linears": sorted(self.online_all)}
+        return {"mode": "residual", "seed": self.seed, "online_down_proj": self.online}
