@@ -453,10 +453,10 @@ def leaderboard_cmd(
     corr = correlations(df)
     if not corr.empty:
         ct = Table(title="Spearman rho across models: spike magnitude / max kurtosis vs Δppl %")
-        for col in ("scheme", "handling", "n", "rho_spike", "p_spike", "rho_kurtosis", "p_kurtosis", "note"):
+        for col in ("data", "scheme", "handling", "n", "rho_spike", "p_spike", "rho_kurtosis", "p_kurtosis", "note"):
             ct.add_column(col)
         for _, r in corr.iterrows():
-            ct.add_row(r["scheme"], r["handling"], str(r["n"]), *[f"{r[c]:+.2f}" if r[c] == r[c] else "-" for c in ("rho_spike",)],
+            ct.add_row(r["data"], r["scheme"], r["handling"], str(r["n"]), *[f"{r[c]:+.2f}" if r[c] == r[c] else "-" for c in ("rho_spike",)],
                        f"{r['p_spike']:.3f}" if r["p_spike"] == r["p_spike"] else "-",
                        f"{r['rho_kurtosis']:+.2f}" if r["rho_kurtosis"] == r["rho_kurtosis"] else "-",
                        f"{r['p_kurtosis']:.3f}" if r["p_kurtosis"] == r["p_kurtosis"] else "-", r["note"])
@@ -468,6 +468,29 @@ def leaderboard_cmd(
 
         made = [p for p in (plot_delta_vs_spike(df, plots / "delta-vs-spike.png"), plot_heatmap(df, plots / "heatmap.png")) if p]
         _log("plots: " + (", ".join(str(p) for p in made) if made else "none (no quantized cells with a profile)"))
+
+
+@app.command("study")
+def study_cmd(
+    results: Path = typer.Argument(..., help="Directory of the study's JSON records (the sweep's records:)."),
+    baseline: str = typer.Option(..., "--baseline", help="Model group the variants are compared with (a model name without -seedN)."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="Write the leaderboard here (one row per cell)."),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="Write the study's PNGs into this directory."),
+    fill: List[Path] = typer.Option([], "--fill", help="Markdown file whose <!-- qsink-study:NAME --> blocks get the tables (repeatable)."),
+) -> None:
+    """A variants-vs-quantization study from its records: leaderboard CSV, plots, and the tables written into
+    marked blocks of Markdown files (the prose around them is left as it is)."""
+    from qsink.results import RecordStore
+    from qsink.results.study import write_study
+
+    if not results.is_dir():
+        raise QsinkError(f"{results} is not a directory of records; pass the sweep's records: directory")
+    info = write_study(RecordStore(results).load_all(), baseline, csv, plots, list(fill))
+    out.print(f"{info['rows']} cells, {info['columns']} columns" + (f"; wrote {csv}" if csv else ""))
+    for p in info["plots"]:
+        out.print(f"plot: {p}")
+    for f, names in info["filled"].items():
+        out.print(f"filled {f}: {', '.join(names)}")
 
 
 @app.command()

@@ -130,17 +130,20 @@ def permutation_p(x, y, n_random: int = 20000, seed: int = 0) -> float:
 
 
 def correlations(df: pd.DataFrame, target: str = "delta_ppl_pct") -> pd.DataFrame:
-    """Per quantized (scheme, handling): Spearman's rho between each model's spike magnitude (and max
-    kurtosis) and ``target`` across models, with n, a permutation p-value and a note when n is small."""
+    """Per evaluation text and quantized (scheme, handling): Spearman's rho between each model's spike
+    magnitude (and max kurtosis) and ``target`` across models, with n, a permutation p-value and a note
+    when n is small. Models evaluated on different texts are never ranked together."""
     rows = []
     ok = df[(df["status"] == "ok") & (df["scheme"] != "fp")] if "status" in df.columns else df.iloc[0:0]
     need = {"spike_magnitude", target}
     if ok.empty or not need <= set(ok.columns):
-        return pd.DataFrame(columns=["scheme", "handling", "n", "rho_spike", "p_spike", "rho_kurtosis", "p_kurtosis", "note"])
-    for (scheme, handling), g in ok.groupby(["scheme", "handling"], sort=True):
+        return pd.DataFrame(columns=["data", "scheme", "handling", "n", "rho_spike", "p_spike", "rho_kurtosis",
+                                     "p_kurtosis", "note"])
+    ok = ok.assign(data=ok["data"].fillna("-") if "data" in ok.columns else "-")
+    for (data, scheme, handling), g in ok.groupby(["data", "scheme", "handling"], sort=True):
         g = g.dropna(subset=[target, "spike_magnitude"]).drop_duplicates("model")
         n = len(g)
-        row = {"scheme": scheme, "handling": handling, "n": n}
+        row = {"data": data, "scheme": scheme, "handling": handling, "n": n}
         for name, col in (("spike", "spike_magnitude"), ("kurtosis", "kurtosis_max")):
             if col in g.columns and n >= 3:
                 row[f"rho_{name}"] = spearman(g[col], g[target])

@@ -60,6 +60,17 @@ def test_correlations_per_scheme_and_small_n_note():
     assert small["n"] == 3 and "n=3 < 5" in small["note"]
 
 
+def test_correlations_never_rank_models_across_texts():
+    a, b = _cells(5), _cells(5)
+    b["model"] = "other-" + b["model"]
+    b["delta_ppl_pct"] = -b["delta_ppl_pct"]  # on the second text the order reverses
+    both = pd.concat([a.assign(data="text-a"), b.assign(data="text-b")])
+    corr = correlations(both).set_index(["data", "scheme", "handling"])
+    assert corr.loc[("text-a", "w4a4", "none"), "rho_spike"] == pytest.approx(1.0)
+    assert corr.loc[("text-b", "w4a4", "none"), "rho_spike"] == pytest.approx(-1.0)
+    assert corr.loc[("text-a", "w4a4", "none"), "n"] == 5  # ten models, five per text
+
+
 def test_group_summary():
     g = group_summary(_cells(4), ["scheme", "handling"]).set_index(["scheme", "handling"])
     assert g.loc[("w4a4", "none"), "cells"] == 4

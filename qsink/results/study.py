@@ -1,0 +1,381 @@
+"""``qsink study``: the tables and plots of a variants-vs-quantization study, from records alone.
+
+A study is a directory of records from ``qsink sweep``: trained variants (model names
+``NAME-seedN`` group the seeds of one variant) and reference models, each evaluated under schemes x
+outlier handling. This module turns them into
+
+* ``leaderboard.csv`` (one row per cell, every column :func:`qsink.results.leaderboard` derives);
+* Markdown tables, written into marked blocks of existing Markdown files
+  (``<!-- qsink-study:NAME -->`` ... ``<!-- /qsink-study:NAME -->``) so that prose around them
+  stays as written and the numbers are always the command's;
+* plots (PNG).
+
+Statistics across seeds are the mean and the range (min to max); with two or three seeds a standard
+deviation would claim more than the data holds.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from qsink.config import atomic_write_text
+from qsink.errors import QsinkError
+from qsink.results.leaderboard import MIN_MODELS_FOR_RHO, correlations, leaderboard
+from qsink.results.plots import MARKERS, _plt, plot_delta_vs_spike, plot_heatmap
+from qsink.measure.plots import save_figure
+
+SEED = re.compile(r"^(?P<group>.+?)-seed(?P<seed>\d+)$")
+HEADLINE_SCHEMES = ("w8a8-static", "w4a4", "nvfp4")
+
+
+def split_seed(name: str) -> tuple[str, int | None]:
+    """``bb-sandwich-seed1`` -> (``bb-sandwich``, 1); names without a seed suffix are their own group."""
+    m = SEED.match(str(name))
+    return (m["group"], int(m["seed"])) if m else (str(name), None)
+
+
+def study_frame(records: list[dict]) -> pd.DataFrame:
+    df = leaderboard(records, sort="model")
+    if df.empty:
+        raise QsinkError("no evaluation records in the study directory; run 'qsink sweep RECIPE' first")
+    parts = df["model"].map(split_seed)
+    df["group"] = [p[0] for p in parts]
+    df["seed"] = [p[1] for p in parts]
+    return df
+
+
+def _ok(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"] == "ok"]
+
+
+def _fmt(v, spec: str = "{:.3g}") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return spec.format(v)
+
+
+def spread(values, spec: str = "{:+.2f}") -> str:
+    """Mean, and the range in brackets when there is more than one value."""
+    v = [float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not v:
+        return "-"
+    if len(v) == 1:
+        return spec.format(v[0])
+    return f"{spec.format(np.mean(v))} [{spec.format(min(v))}, {spec.format(max(v))}]"
+
+
+def table(rows: list[dict]) -> str:
+    if not rows:
+        return "_(no data)_"
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(str(r.get(c, "-")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _groups_in_order(df: pd.DataFrame) -> list[str]:
+    """Groups by first appearance in creation order (the sweep's order: baseline first)."""
+    return list(dict.fromkeys(df.sort_values("created")["group"]))
+
+
+def _delta(df: pd.DataFrame, group: str, scheme: str, handling: str) -> list[float]:
+    g = df[(df["group"] == group) & (df["scheme"] == scheme) & (df["handling"] == handling)]
+    return list(g["delta_ppl_pct"].dropna())
+
+
+def models_table(df: pd.DataFrame) -> str:
+    """One row per model: fp perplexity and the outlier profile on the evaluation text."""
+    fp = _ok(df)[_ok(df)["scheme"] == "fp"].drop_duplicates("model")
+    rows = []
+    for g in _groups_in_order(df):
+        for _, r in fp[fp["group"] == g].sort_values("model").iterrows():
+            rows.append({"model": r["model"], "text": r["data"], "fp ppl": _fmt(r["ppl"], "{:.4g}"),
+                         "spike max\\|h\\|": _fmt(r.get("spike_magnitude"), "{:,.0f}"),
+                         "top-1/median": _fmt(r.get("top1_median_max"), "{:.0f}"),
+                         "max kurtosis": _fmt(r.get("kurtosis_max"), "{:.0f}"),
+                         "massive": "yes" if r.get("has_massive") else "no",
+                         "sink ratio": _fmt(r.get("sink_ratio"), "{:.2f}"),
+                         "mean α(BOS)": _fmt(r.get("alpha_mean"), "{:.2f}")})
+    return table(rows)
+
+
+def variants_table(df: pd.DataFrame, baseline: str) -> str:
+    """One row per variant (seeds pooled): spike and sink ratio against the baseline's, and the damage
+    of the two outlier-sensitive schemes without handling."""
+    fp = _ok(df)[_ok(df)["scheme"] == "fp"].drop_duplicates("model")
+    ok = _ok(df)
+    base_spike = fp[fp["group"] == baseline]["spike_magnitude"].mean()
+    rows = []
+    for g in _groups_in_order(df):
+        f = fp[fp["group"] == g]
+        if f.empty or f["data"].iloc[0] != fp[fp["group"] == baseline]["data"].iloc[0]:
+            continue
+        spike = f["spike_magnitude"].mean()
+        rows.append({"variant": g, "seeds": len(f), "fp ppl": spread(f["ppl"], "{:.3f}"),
+                     "spike": spread(f["spike_magnitude"], "{:,.0f}"),
+                     "spike / baseline": _fmt(spike / base_spike, "{:.3f}"),
+                     "sink ratio": spread(f["sink_ratio"], "{:.2f}"),
+                     "mean α(BOS)": spread(f["alpha_mean"], "{:.2f}"),
+                     **{f"Δppl % {s}": spread(_delta(ok, g, s, "none")) for s in ("w8a8-static", "w4a4")}})
+    return table(rows)
+
+
+def schemes_table(df: pd.DataFrame, handling: str = "none") -> str:
+    """Variant x scheme: Δppl % with one handling method (seeds pooled)."""
+    ok = _ok(df)
+    schemes = _scheme_order(ok)
+    rows = []
+    for g in _groups_in_order(df):
+        if ok[(ok["group"] == g) & (ok["handling"] == handling)].empty:
+            continue
+        rows.append({"variant": g, **{s: spread(_delta(ok, g, s, handling)) for s in schemes}})
+    return table(rows)
+
+
+def handling_summary(df: pd.DataFrame, data: str) -> pd.DataFrame:
+    """Per scheme and handling, over the models evaluated on ``data`` that have every cell of the
+    scheme: mean Δppl % and the share of the no-handling gap closed, ``1 - mean(h) / mean(none)``."""
+    ok = _ok(df)
+    ok = ok[(ok["data"] == data) & (ok["scheme"] != "fp")]
+    out = []
+    for scheme in _scheme_order(ok):
+        g = ok[ok["scheme"] == scheme]
+        piv = g.pivot_table(index="model", columns="handling", values="delta_ppl_pct", aggfunc="first").dropna()
+        if "none" not in piv.columns or piv.empty:
+            continue
+        gap = piv["none"].mean()
+        for h in piv.columns:
+            out.append({"scheme": scheme, "handling": h, "models": len(piv), "mean": piv[h].mean(),
+                        "median": piv[h].median(), "closed": (1 - piv[h].mean() / gap) if gap > 0 else float("nan"),
+                        "better than none": int((piv[h] < piv["none"]).sum())})
+    return pd.DataFrame(out)
+
+
+def handling_table(df: pd.DataFrame, data: str) -> str:
+    s = handling_summary(df, data)
+    if s.empty:
+        return "_(no data)_"
+    rows = []
+    for scheme, g in s.groupby("scheme", sort=False):
+        g = g.set_index("handling")
+        n = int(g["models"].iloc[0])
+        row = {"scheme": scheme, "models": n}
+        for h in ("none", "smoothquant", "hadamard", "token-keep", "clip", "gptq", "llm-int8"):
+            if h in g.index:
+                cell = _fmt(g.loc[h, "mean"], "{:+.3g}")
+                if h != "none":
+                    cell += f" ({_fmt(100 * g.loc[h, 'closed'], '{:.0f}')} %, {g.loc[h, 'better than none']}/{n})"
+                row[h] = cell
+        others = g.drop(index="none")["mean"]
+        row["best"] = others.idxmin() if len(others) and others.min() < g.loc["none", "mean"] else "none"
+        rows.append(row)
+    cols = ["scheme", "models", "none", "smoothquant", "hadamard", "token-keep", "clip", "gptq", "llm-int8", "best"]
+    rows = [{c: r.get(c, "-") for c in cols if any(c in rr for rr in rows)} for r in rows]
+    return table(rows)
+
+
+def _scheme_order(df: pd.DataFrame) -> list[str]:
+    return [x for x in dict.fromkeys(df.sort_values("created")["scheme"]) if x != "fp"]
+
+
+def spearman_table(df: pd.DataFrame, data: str, stat: str = "spike") -> str:
+    """Scheme x handling: Spearman's rho across models between the fp model's ``stat`` (spike
+    magnitude or max kurtosis) and Δppl %, with its permutation p-value and the number of models."""
+    c = correlations(_ok(df))
+    c = c[c["data"] == data]
+    if c.empty:
+        return "_(no data)_"
+    handlings = [h for h in ("none", "smoothquant", "hadamard", "token-keep", "clip", "gptq", "llm-int8")
+                 if h in set(c["handling"])]
+    rows = []
+    for scheme in _scheme_order(df[df["data"] == data]):
+        g = c[c["scheme"] == scheme].set_index("handling")
+        if g.empty:
+            continue
+        row = {"scheme": scheme, "models": int(g["n"].max())}
+        for h in handlings:
+            if h in g.index and not math.isnan(g.loc[h, f"rho_{stat}"]):
+                row[h] = f"{g.loc[h, f'rho_{stat}']:+.2f} (p {g.loc[h, f'p_{stat}']:.3f})"
+            else:
+                row[h] = "-"
+        rows.append(row)
+    return table(rows)
+
+
+def headline_table(df: pd.DataFrame, groups: list[str] | None = None) -> str:
+    """Per model group: spike, sink ratio and, for the outlier-sensitive schemes, Δppl % without
+    handling and with the best method for that scheme and group."""
+    ok = _ok(df)
+    fp = ok[ok["scheme"] == "fp"].drop_duplicates("model")
+    rows = []
+    for g in groups or _groups_in_order(df):
+        f = fp[fp["group"] == g]
+        if f.empty:
+            continue
+        row = {"model": g, "seeds": len(f), "text": f["data"].iloc[0],
+               "spike": spread(f["spike_magnitude"], "{:,.0f}"), "sink ratio": spread(f["sink_ratio"], "{:.2f}")}
+        for s in HEADLINE_SCHEMES:
+            none = _delta(ok, g, s, "none")
+            best, best_v = None, None
+            for h in sorted(set(ok[(ok["group"] == g) & (ok["scheme"] == s)]["handling"]) - {"none"}):
+                v = _delta(ok, g, s, h)
+                if v and (best_v is None or np.mean(v) < np.mean(best_v)):
+                    best, best_v = h, v
+            row[f"{s}"] = spread(none)
+            row[f"{s} best"] = f"{spread(best_v)} {best}" if best else "-"
+        rows.append(row)
+    return table(rows)
+
+
+def _group_means(df: pd.DataFrame) -> pd.DataFrame:
+    """Cells averaged over seeds, with the group as the model name (for the heatmap)."""
+    ok = _ok(df)
+    keys = ["group", "scheme", "handling"]
+    m = ok.groupby(keys, sort=False)[["delta_ppl_pct", "spike_magnitude"]].mean().reset_index()
+    return m.rename(columns={"group": "model"}).assign(status="ok")
+
+
+def plot_sinks_vs_spikes(df: pd.DataFrame, path: Path) -> Path | None:
+    """Each model's spike magnitude against its sink ratio: claims (a) and (b) in one picture."""
+    fp = _ok(df)[_ok(df)["scheme"] == "fp"].drop_duplicates("model").dropna(subset=["spike_magnitude", "sink_ratio"])
+    if fp.empty:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, (g, f) in enumerate(fp.groupby("group", sort=False)):
+        ax.scatter(f["spike_magnitude"], f["sink_ratio"], marker=MARKERS[i % len(MARKERS)], s=40, alpha=0.85, label=g)
+    ax.set_xscale("log")
+    ax.set_xlabel("spike magnitude (max |h| on the evaluation text)", fontsize=8)
+    ax.set_ylabel("sink ratio (share of heads parked on BOS)", fontsize=8)
+    ax.set_ylim(-0.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.set_title("Spikes and sinks per trained model (one point per seed)", fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_handling(df: pd.DataFrame, data: str, path: Path, title: str) -> Path | None:
+    """Mean Δppl % per scheme, one bar per handling method (symmetric-log y)."""
+    s = handling_summary(df, data)
+    if s.empty:
+        return None
+    plt = _plt()
+    schemes = list(dict.fromkeys(s["scheme"]))
+    handlings = [h for h in ("none", "smoothquant", "hadamard", "token-keep", "clip", "gptq", "llm-int8")
+                 if h in set(s["handling"])]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(schemes) + 2), 3.8))
+    width = 0.8 / len(handlings)
+    for j, h in enumerate(handlings):
+        vals = [s[(s["scheme"] == sc) & (s["handling"] == h)]["mean"].mean() for sc in schemes]
+        ax.bar(np.arange(len(schemes)) + (j - (len(handlings) - 1) / 2) * width, vals, width, label=h)
+    ax.set_xticks(range(len(schemes)), schemes, fontsize=8)
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_ylabel("mean Δppl % (symlog)", fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7, title="handling", title_fontsize=7)
+    ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+MARK = re.compile(r"(<!-- qsink-study:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /qsink-study:(?P=name) -->)", re.S)
+
+
+def fill_blocks(text: str, blocks: dict[str, str], source: str = "") -> tuple[str, list[str]]:
+    """Replace the body of every marked block in ``text``; return the new text and the names filled."""
+    unknown = [m["name"] for m in MARK.finditer(text) if m["name"] not in blocks]
+    if unknown:
+        raise QsinkError(f"{source}: unknown study block(s) {', '.join(unknown)}; known: {', '.join(sorted(blocks))}")
+    filled = []
+
+    def sub(m):
+        filled.append(m["name"])
+        return m.group(1) + blocks[m["name"]].rstrip("\n") + "\n" + m.group(4)
+
+    return MARK.sub(sub, text), filled
+
+
+def build_study(records: list[dict], baseline: str, reference_data: str | None = None,
+                plots_dir: Path | None = None) -> tuple[pd.DataFrame, dict[str, str], dict[str, Path]]:
+    """The study's leaderboard, its Markdown blocks by name, and the plots written by name."""
+    df = study_frame(records)
+    if baseline not in set(df["group"]):
+        raise QsinkError(f"no model group {baseline!r} in the records (groups: {', '.join(_groups_in_order(df))}); "
+                         "pass --baseline with one of them")
+    data = df[df["group"] == baseline]["data"].iloc[0]
+    others = [d for d in dict.fromkeys(df["data"]) if d != data]
+    ref_data = reference_data or (others[0] if others else None)
+    trained = df[df["data"] == data]
+    blocks = {
+        "models": models_table(df),
+        "variants": variants_table(df, baseline),
+        "schemes": schemes_table(trained, "none"),
+        "schemes-best": "\n\n".join(f"**{h}**\n\n" + schemes_table(trained, h)
+                                    for h in ("smoothquant", "hadamard", "token-keep")
+                                    if not _ok(trained)[_ok(trained)["handling"] == h].empty),
+        "handling": handling_table(df, data),
+        "spearman": spearman_table(df, data, "spike"),
+        "spearman-kurtosis": spearman_table(df, data, "kurtosis"),
+        "headline": headline_table(df),
+    }
+    if ref_data:
+        blocks["handling-reference"] = handling_table(df, ref_data)
+        ref = df[df["data"] == ref_data]
+        blocks["reference-cells"] = schemes_table(ref, "none") + "\n\n" + "\n\n".join(
+            f"**{h}**\n\n" + schemes_table(ref, h) for h in ("smoothquant", "hadamard", "token-keep")
+            if not _ok(ref)[_ok(ref)["handling"] == h].empty)
+    plots: dict[str, Path] = {}
+    if plots_dir is not None:
+        plots_dir = Path(plots_dir)
+        made = {
+            "delta-vs-spike": plot_delta_vs_spike(trained, plots_dir / "delta-vs-spike.png"),
+            "heatmap": plot_heatmap(_group_means(df), plots_dir / "heatmap.png"),
+            "sinks-vs-spikes": plot_sinks_vs_spikes(trained, plots_dir / "sinks-vs-spikes.png"),
+            "handling": plot_handling(df, data, plots_dir / "handling.png",
+                                      f"Mean Δppl % over the {trained['model'].nunique()} trained models ({data})"),
+        }
+        if ref_data:
+            made["handling-reference"] = plot_handling(df, ref_data, plots_dir / "handling-reference.png",
+                                                       f"Δppl % of {', '.join(df[df['data'] == ref_data]['group'].unique())} ({ref_data})")
+        plots = {name: p for name, p in made.items() if p}
+    return df, blocks, plots
+
+
+def write_study(records: list[dict], baseline: str, csv: Path | None, plots_dir: Path | None,
+                fill: list[Path]) -> dict:
+    """Write the CSV and plots, then fill the marked blocks of each file in ``fill`` (plot blocks
+    ``plot-NAME`` link the PNG relative to the file)."""
+    for f in fill:
+        if not Path(f).is_file():
+            raise QsinkError(f"{f} does not exist; create it with blocks such as <!-- qsink-study:headline --> "
+                             "<!-- /qsink-study:headline --> where the tables go")
+    df, blocks, plots = build_study(records, baseline, plots_dir=plots_dir)
+    if csv:
+        Path(csv).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(csv, df.drop(columns=["group", "seed"]).to_csv(index=False))
+    filled = {}
+    for f in map(Path, fill):
+        here = dict(blocks)
+        for name, p in plots.items():
+            here[f"plot-{name}"] = f"![{name}]({Path(_relpath(p, f.parent)).as_posix()})"
+        text, names = fill_blocks(f.read_text(), here, str(f))
+        if not names:
+            raise QsinkError(f"{f} has no study blocks; add e.g. <!-- qsink-study:headline --> and "
+                             f"<!-- /qsink-study:headline -->; known blocks: {', '.join(sorted(here))}")
+        atomic_write_text(f, text)
+        filled[str(f)] = names
+    return {"rows": len(df), "columns": len(df.columns), "plots": [str(p) for p in plots.values()], "filled": filled}
+
+
+def _relpath(target: Path, start: Path) -> str:
+    import os
+
+    return os.path.relpath(target.resolve(), start.resolve())
+
+
+__all__ = ["build_study", "fill_blocks", "handling_summary", "split_seed", "spread", "study_frame", "write_study"]
