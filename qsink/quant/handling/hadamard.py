@@ -31,7 +31,8 @@ from qsink.quant.handling.base import Handler, register
 @register
 class Hadamard(Handler):
     name = "hadamard"
-    description = "randomized Hadamard rotation of the residual stream folded into weights, online Hadamard before down_proj (QuaRot)"
+    description = ("randomized Hadamard rotation of the residual stream folded into weights, online Hadamard before down_proj "
+                   "(QuaRot); layouts that cannot fold it (sandwich, DyT, LayerNorm, post-norm) rotate each linear's input online")
 
     def __init__(self, seed: int = 0, online: bool = True):
         self.seed, self.online = int(seed), bool(online)
