@@ -6,7 +6,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.qsink-installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test study clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The reference study (results/README.md): train, evaluate (resumable: rerun after any interruption),
+# then the leaderboard, plots and the tables inside results/README.md and README.md.
+study: install
+	$(BIN)/qsink sweep recipes/study-cpu.yaml
+	$(BIN)/qsink study results/study-cpu/records --baseline bb-baseline --csv results/leaderboard.csv \
+		--plots results/plots --fill results/README.md --fill README.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from qsink.data.corpora import Text
+from qsink.data import windows as windows_mod
 from qsink.data.windows import adds_bos, make_windows, tokenize
 from qsink.errors import QsinkError
 from tests.conftest import SAMPLE_TEXT, make_tokenizer
@@ -38,3 +39,20 @@ def test_too_short_text_and_tiny_ctx_are_errors():
         make_windows(tok, Text("short", "a b", "0"), ctx=64)
     with pytest.raises(QsinkError, match="too small"):
         make_windows(tok, TEXT, ctx=1)
+
+
+def test_tokenization_is_remembered_per_tokenizer_and_content(monkeypatch):
+    calls = []
+    real = windows_mod.tokenize
+    monkeypatch.setattr(windows_mod, "tokenize", lambda tok, text: calls.append(text) or real(tok, text))
+    windows_mod._MEMO.clear()
+    tok, tok_bos = make_tokenizer(False), make_tokenizer(True)
+    a = make_windows(tok, TEXT, ctx=16)
+    b = make_windows(make_tokenizer(False), TEXT, ctx=16)  # a fresh, identical tokenizer: remembered
+    assert len(calls) == 1 and torch.equal(a.input_ids, b.input_ids)
+    a.input_ids[0, 0] = -1  # windows are copies: editing one cannot reach the remembered ids
+    assert make_windows(tok, TEXT, ctx=16).input_ids[0, 0] != -1
+    other = Text("other", SAMPLE_TEXT[::-1], TEXT.sha256)  # same declared sha256, different content
+    assert not torch.equal(make_windows(tok, other, ctx=16).input_ids, b.input_ids) and len(calls) == 2
+    w = make_windows(tok_bos, TEXT, ctx=16)  # another tokenizer (adds BOS): its own entry
+    assert len(calls) == 3 and w.input_ids[:, 1:].flatten().tolist() == real(tok_bos, SAMPLE_TEXT)[: w.n_windows * 15]
