@@ -452,14 +452,16 @@ def leaderboard_cmd(
         out.print(gt)
     corr = correlations(df)
     if not corr.empty:
-        ct = Table(title="Spearman rho across models: spike magnitude / max kurtosis vs Δppl %")
-        for col in ("data", "scheme", "handling", "n", "rho_spike", "p_spike", "rho_kurtosis", "p_kurtosis", "note"):
+        from qsink.results.leaderboard import STATS
+
+        ct = Table(title="Spearman rho across models (per text): spike magnitude / max kurtosis / linear-input max/median vs Δppl %")
+        cols = [f"{k}_{s}" for s in STATS for k in ("rho", "p")]
+        for col in ("data", "scheme", "handling", "n", *cols, "note"):
             ct.add_column(col)
         for _, r in corr.iterrows():
-            ct.add_row(r["data"], r["scheme"], r["handling"], str(r["n"]), *[f"{r[c]:+.2f}" if r[c] == r[c] else "-" for c in ("rho_spike",)],
-                       f"{r['p_spike']:.3f}" if r["p_spike"] == r["p_spike"] else "-",
-                       f"{r['rho_kurtosis']:+.2f}" if r["rho_kurtosis"] == r["rho_kurtosis"] else "-",
-                       f"{r['p_kurtosis']:.3f}" if r["p_kurtosis"] == r["p_kurtosis"] else "-", r["note"])
+            ct.add_row(r["data"], r["scheme"], r["handling"], str(r["n"]),
+                       *[("-" if r[c] != r[c] else f"{r[c]:+.2f}" if c.startswith("rho") else f"{r[c]:.3f}") for c in cols],
+                       r["note"])
         out.print(ct)
     if csv:
         out.print(f"wrote {csv} ({len(df)} rows, {len(df.columns)} columns)")

@@ -12,11 +12,15 @@ import pandas as pd
 from qsink.models.family.config import SWITCHES
 
 VARIANT = list(SWITCHES)
-PROFILE = ["spike_magnitude", "top1_median_max", "kurtosis_max", "sink_ratio", "has_massive"]
+PROFILE = ["spike_magnitude", "top1_median_max", "kurtosis_max", "linear_input_ratio_max", "sink_ratio", "has_massive"]
 FRONT = ["model", *VARIANT, "scheme", "handling", "data", "ctx", "status", "ppl", "delta_ppl", "delta_ppl_pct", "bpb",
          *PROFILE, "sqnr_db_mean", "sqnr_db_min", "kept_token_fraction", "nll", "n_scored", "tokens_per_s", "wall_s"]
 NOT_FLATTENED = ("sqnr_db",)  # per-linear dicts stay in the record, not in columns
-MIN_MODELS_FOR_RHO = 5  # below this a rank correlation is reported with a warning note
+MIN_MODELS_FOR_RHO = 5
+# profile statistics ranked against the damage: the residual stream's largest value, the largest
+# per-layer kurtosis, and the largest max/median ratio of per-channel absmax over any linear's input
+# (what an activation quantizer's shared scale actually meets; pre-norm readers see a normalised stream)
+STATS = {"spike": "spike_magnitude", "kurtosis": "kurtosis_max", "linear": "linear_input_ratio_max"}  # below this a rank correlation is reported with a warning note
 
 
 def task_short(name: str) -> str:
@@ -130,21 +134,21 @@ def permutation_p(x, y, n_random: int = 20000, seed: int = 0) -> float:
 
 
 def correlations(df: pd.DataFrame, target: str = "delta_ppl_pct") -> pd.DataFrame:
-    """Per evaluation text and quantized (scheme, handling): Spearman's rho between each model's spike
-    magnitude (and max kurtosis) and ``target`` across models, with n, a permutation p-value and a note
+    """Per evaluation text and quantized (scheme, handling): Spearman's rho between each model's
+    profile statistics (:data:`STATS`) and ``target`` across models, with n, a permutation p-value and a note
     when n is small. Models evaluated on different texts are never ranked together."""
     rows = []
     ok = df[(df["status"] == "ok") & (df["scheme"] != "fp")] if "status" in df.columns else df.iloc[0:0]
     need = {"spike_magnitude", target}
     if ok.empty or not need <= set(ok.columns):
-        return pd.DataFrame(columns=["data", "scheme", "handling", "n", "rho_spike", "p_spike", "rho_kurtosis",
-                                     "p_kurtosis", "note"])
+        return pd.DataFrame(columns=["data", "scheme", "handling", "n", *(f"{k}_{s}" for s in STATS for k in ("rho", "p")),
+                                     "note"])
     ok = ok.assign(data=ok["data"].fillna("-") if "data" in ok.columns else "-")
     for (data, scheme, handling), g in ok.groupby(["data", "scheme", "handling"], sort=True):
         g = g.dropna(subset=[target, "spike_magnitude"]).drop_duplicates("model")
         n = len(g)
         row = {"data": data, "scheme": scheme, "handling": handling, "n": n}
-        for name, col in (("spike", "spike_magnitude"), ("kurtosis", "kurtosis_max")):
+        for name, col in STATS.items():
             if col in g.columns and n >= 3:
                 row[f"rho_{name}"] = spearman(g[col], g[target])
                 row[f"p_{name}"] = permutation_p(g[col], g[target])

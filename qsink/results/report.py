@@ -125,11 +125,12 @@ def build_report(records: list[dict], out: Path, title: str = "qsink report", co
     corr = correlations(df)
     if not corr.empty:
         lines += ["", "## Does the spike predict the damage?", "",
-                  "Spearman's ρ across models between the fp model's spike magnitude (and max kurtosis) and Δppl % "
+                  "Spearman's ρ across models (evaluated on the same text) between the fp model's spike magnitude "
+                  "(and max kurtosis, and the largest max/median channel ratio of any linear's input) and Δppl % "
                   f"under each scheme and handling, with a permutation p-value. With fewer than {MIN_MODELS_FOR_RHO} "
                   "models ρ is shown but means little.", "",
-                  markdown_table(corr, {"rho_spike": "{:+.2f}", "rho_kurtosis": "{:+.2f}", "p_spike": "{:.3f}",
-                                        "p_kurtosis": "{:.3f}"})]
+                  markdown_table(corr, {c: ("{:+.2f}" if c.startswith("rho") else "{:.3f}")
+                                        for c in corr.columns if c.startswith(("rho_", "p_"))})]
 
     # plots
     figs = [p for p in (plot_delta_vs_spike(df, plots_dir / f"{stem}-delta-vs-spike.png"),

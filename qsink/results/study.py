@@ -98,6 +98,7 @@ def models_table(df: pd.DataFrame) -> str:
                          "spike max\\|h\\|": _fmt(r.get("spike_magnitude"), "{:,.0f}"),
                          "top-1/median": _fmt(r.get("top1_median_max"), "{:.0f}"),
                          "max kurtosis": _fmt(r.get("kurtosis_max"), "{:.0f}"),
+                         "linear-input max/median": _fmt(r.get("linear_input_ratio_max"), "{:.0f}"),
                          "massive": "yes" if r.get("has_massive") else "no",
                          "sink ratio": _fmt(r.get("sink_ratio"), "{:.2f}"),
                          "mean α(BOS)": _fmt(r.get("alpha_mean"), "{:.2f}")})
@@ -119,6 +120,7 @@ def variants_table(df: pd.DataFrame, baseline: str) -> str:
         rows.append({"variant": g, "seeds": len(f), "fp ppl": spread(f["ppl"], "{:.3f}"),
                      "spike": spread(f["spike_magnitude"], "{:,.0f}"),
                      "spike / baseline": _fmt(spike / base_spike, "{:.3f}"),
+                     "linear-input max/median": spread(f.get("linear_input_ratio_max", []), "{:.0f}"),
                      "sink ratio": spread(f["sink_ratio"], "{:.2f}"),
                      "mean α(BOS)": spread(f["alpha_mean"], "{:.2f}"),
                      **{f"Δppl % {s}": spread(_delta(ok, g, s, "none")) for s in ("w8a8-static", "w4a4")}})
@@ -184,8 +186,8 @@ def _scheme_order(df: pd.DataFrame) -> list[str]:
 
 
 def spearman_table(df: pd.DataFrame, data: str, stat: str = "spike") -> str:
-    """Scheme x handling: Spearman's rho across models between the fp model's ``stat`` (spike
-    magnitude or max kurtosis) and Δppl %, with its permutation p-value and the number of models."""
+    """Scheme x handling: Spearman's rho across models between the fp model's ``stat`` (a key of
+    :data:`qsink.results.leaderboard.STATS`) and Δppl %, with its permutation p-value and the number of models."""
     c = correlations(_ok(df))
     c = c[c["data"] == data]
     if c.empty:
@@ -321,6 +323,7 @@ def build_study(records: list[dict], baseline: str, reference_data: str | None =
         "handling": handling_table(df, data),
         "spearman": spearman_table(df, data, "spike"),
         "spearman-kurtosis": spearman_table(df, data, "kurtosis"),
+        "spearman-linear": spearman_table(df, data, "linear"),
         "headline": headline_table(df),
     }
     if ref_data:

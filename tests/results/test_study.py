@@ -29,7 +29,8 @@ def _record(model, data, scheme, handling, ppl, profile, t):
     rec = make_record(ident, {"model": {"name": model}, "data": {"data_name": data}}, {"ppl": ppl}, {"wall_s": 1.0})
     rec["metrics"].update({} if scheme == "fp" else {"fp_ppl": 10.0, "delta_ppl_pct": 100 * (ppl / 10.0 - 1)})
     rec["profile"] = {"spike_magnitude": profile[0], "sink_ratio": profile[1], "alpha_mean": profile[1] / 2,
-                      "kurtosis_max": profile[0] / 100, "top1_median_max": 10.0, "has_massive": profile[0] > 10000}
+                      "kurtosis_max": profile[0] / 100, "top1_median_max": 10.0,
+                      "linear_input_ratio_max": 1e4 / profile[0], "has_massive": profile[0] > 10000}
     rec["created"] = f"2026-01-01T00:00:{t:02d}+00:00"
     return rec
 
@@ -86,6 +87,8 @@ def test_blocks_have_the_planted_numbers():
     # spike ranks (3, 2, 1) against Δppl ranks (2, 3, 1): rho = 1 - 6 * 2 / (3 * 8) = 0.5, and every
     # ordering of three reaches |rho| >= 0.5, so the exact p is 1
     assert "| +0.50 (p 1.000) |" in rho
+    lin = next(l for l in blocks["spearman-linear"].splitlines() if l.startswith("| w4a4 |"))
+    assert "| -0.50 (p 1.000) |" in lin  # the linear-input ratio is planted in the opposite order
 
 
 def test_fill_blocks_keeps_the_prose():
