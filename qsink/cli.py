@@ -472,6 +472,66 @@ def leaderboard_cmd(
         _log("plots: " + (", ".join(str(p) for p in made) if made else "none (no quantized cells with a profile)"))
 
 
+@app.command("ablate")
+def ablate_cmd(
+    model: str = typer.Argument(..., help="Built-in name, .gguf file or Hugging Face checkpoint directory."),
+    scheme: str = typer.Option(..., "--scheme", "-s", help="The scheme to take apart ('qsink schemes' lists them)."),
+    handling: str = typer.Option("none", "--handling", help="Outlier-handling method applied before the ablation."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Evaluation text NAME[:SPLIT] (default austen:test)."),
+    ctx: int = typer.Option(512, "--ctx"),
+    max_tokens: int = typer.Option(12288, "--max-tokens"),
+    calib: int = typer.Option(4, "--calib", help="Calibration windows."),
+    calib_data: str = typer.Option("austen:train", "--calib-data", help="Calibration text (a train or validation split)."),
+    parts: str = typer.Option("act,weight", "--parts", help="What to exempt, one linear at a time: act, weight or both."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the calibration windows (as in evaluate)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    out_dir: Path = typer.Option(Path("runs"), "--out", help="Directory for the JSON result."),
+) -> None:
+    """Which linear layer's quantization does the damage: each linear's activations (or weights) kept in
+    full precision in turn, the rest quantized, perplexity measured again."""
+    from qsink.bench import write_json
+    from qsink.data import resolve_data
+    from qsink.data.windows import make_windows
+    from qsink.evaluate.perplexity import perplexity
+    from qsink.models import load, resolve
+    from qsink.quant import get_scheme, quantize_
+    from qsink.quant.ablate import linear_ablation, qlinears
+    from qsink.quant.apply import check_combination
+    from qsink.quant.calibration import calibration_windows
+
+    want = tuple(_split_names([parts]))
+    sch = get_scheme(scheme)
+    check_combination(sch, handling)
+    if str(calib_data).endswith(":test"):
+        raise QsinkError("calibration must not read a test split; pass --calib-data with a train or validation split")
+    res = resolve(model)
+    text = resolve_data(data, None, log=_log)
+    model_, tok = load(res, device=device, log=_log)
+    windows = make_windows(tok, text, ctx, max_tokens)
+    cw = calibration_windows(tok, resolve_data(calib_data, None, log=_log), calib, ctx, seed)
+    fp_ppl = perplexity(model_, tok, windows, batch_size=batch_size).ppl
+    quantize_(model_, sch, handling, cw, tok, sqnr=False)
+    n_steps = sum(1 for q in qlinears(model_).values() for p in want
+                  if (q.act_fmt if p == "act" else q.weight_fmt) is not None)
+    with _progress("exemptions") as progress:
+        task = progress.add_task(f"{res.name} {scheme}+{handling}", total=n_steps)
+        result = linear_ablation(model_, tok, windows, fp_ppl, parts=want, batch_size=batch_size,
+                                 on_step=lambda _: progress.advance(task))
+    doc = {"kind": "qsink.ablate/1", "model": res.name, "model_sha256": res.sha256, "scheme": scheme, "handling": handling,
+           "data": text.name, "data_sha256": text.sha256, "ctx": ctx, "max_tokens": max_tokens, "calib": calib,
+           "calib_data": calib_data, "seed": seed, **result}
+    path = write_json(doc, out_dir / f"{res.name}__ablate-{scheme}-{handling}.json")
+    table = Table(title=f"{res.name} {scheme}+{handling}: fp ppl {fp_ppl:.4f}, quantized {result['ppl']:.4f} "
+                        f"({result['delta_ppl_pct']:+.2f} %); one linear exempted at a time")
+    for col in ("linear", "part", "ppl", "Δppl %", "recovered"):
+        table.add_column(col)
+    for r in result["rows"]:
+        table.add_row(r["linear"], r["part"], f"{r['ppl']:.4f}", f"{r['delta_ppl_pct']:+.3f}", f"{r['recovered']:.2f}")
+    out.print(table)
+    _log(f"wrote {path}")
+
+
 @app.command("study")
 def study_cmd(
     results: Path = typer.Argument(..., help="Directory of the study's JSON records (the sweep's records:)."),

@@ -326,6 +326,8 @@ def build_study(records: list[dict], baseline: str, reference_data: str | None =
         "spearman-linear": spearman_table(df, data, "linear"),
         "headline": headline_table(df),
     }
+    none = "_(no records on a second text)_"
+    blocks.update({"handling-reference": none, "reference-cells": none})
     if ref_data:
         blocks["handling-reference"] = handling_table(df, ref_data)
         ref = df[df["data"] == ref_data]
@@ -349,6 +351,9 @@ def build_study(records: list[dict], baseline: str, reference_data: str | None =
     return df, blocks, plots
 
 
+PLOTS = ("delta-vs-spike", "heatmap", "sinks-vs-spikes", "handling", "handling-reference")
+
+
 def write_study(records: list[dict], baseline: str, csv: Path | None, plots_dir: Path | None,
                 fill: list[Path]) -> dict:
     """Write the CSV and plots, then fill the marked blocks of each file in ``fill`` (plot blocks
@@ -364,8 +369,10 @@ def write_study(records: list[dict], baseline: str, csv: Path | None, plots_dir:
     filled = {}
     for f in map(Path, fill):
         here = dict(blocks)
-        for name, p in plots.items():
-            here[f"plot-{name}"] = f"![{name}]({Path(_relpath(p, f.parent)).as_posix()})"
+        for name in PLOTS:
+            p = plots.get(name)
+            here[f"plot-{name}"] = (f"![{name}]({Path(_relpath(p, f.parent)).as_posix()})" if p else
+                                    "_(no plot: pass --plots DIR)_" if plots_dir is None else "_(no plot: no data for it)_")
         text, names = fill_blocks(f.read_text(), here, str(f))
         if not names:
             raise QsinkError(f"{f} has no study blocks; add e.g. <!-- qsink-study:headline --> and "
