@@ -5,6 +5,7 @@ Every command turns a :class:`~qsink.errors.QsinkError` into one line on stderr 
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -483,6 +484,7 @@ def ablate_cmd(
     calib: int = typer.Option(4, "--calib", help="Calibration windows."),
     calib_data: str = typer.Option("austen:train", "--calib-data", help="Calibration text (a train or validation split)."),
     parts: str = typer.Option("act,weight", "--parts", help="What to exempt, one linear at a time: act, weight or both."),
+    only: Optional[str] = typer.Option(None, "--only", help="Only linears whose name matches this regular expression (e.g. 'mlp.down_proj', '^1[01]\\.')."),
     batch_size: int = typer.Option(8, "--batch-size"),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration windows (as in evaluate)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
@@ -496,7 +498,7 @@ def ablate_cmd(
     from qsink.evaluate.perplexity import perplexity
     from qsink.models import load, resolve
     from qsink.quant import get_scheme, quantize_
-    from qsink.quant.ablate import linear_ablation, qlinears
+    from qsink.quant.ablate import linear_ablation, selected
     from qsink.quant.apply import check_combination
     from qsink.quant.calibration import calibration_windows
 
@@ -512,16 +514,17 @@ def ablate_cmd(
     cw = calibration_windows(tok, resolve_data(calib_data, None, log=_log), calib, ctx, seed)
     fp_ppl = perplexity(model_, tok, windows, batch_size=batch_size).ppl
     quantize_(model_, sch, handling, cw, tok, sqnr=False)
-    n_steps = sum(1 for q in qlinears(model_).values() for p in want
+    n_steps = sum(1 for q in selected(model_, only).values() for p in want
                   if (q.act_fmt if p == "act" else q.weight_fmt) is not None)
     with _progress("exemptions") as progress:
         task = progress.add_task(f"{res.name} {scheme}+{handling}", total=n_steps)
         result = linear_ablation(model_, tok, windows, fp_ppl, parts=want, batch_size=batch_size,
-                                 on_step=lambda _: progress.advance(task))
+                                 on_step=lambda _: progress.advance(task), only=only)
     doc = {"kind": "qsink.ablate/1", "model": res.name, "model_sha256": res.sha256, "scheme": scheme, "handling": handling,
            "data": text.name, "data_sha256": text.sha256, "ctx": ctx, "max_tokens": max_tokens, "calib": calib,
-           "calib_data": calib_data, "seed": seed, **result}
-    path = write_json(doc, out_dir / f"{res.name}__ablate-{scheme}-{handling}.json")
+           "calib_data": calib_data, "seed": seed, "only": only, **result}
+    suffix = f"-{re.sub(r'[^A-Za-z0-9_.-]+', '_', only)}" if only else ""
+    path = write_json(doc, out_dir / f"{res.name}__ablate-{scheme}-{handling}{suffix}.json")
     table = Table(title=f"{res.name} {scheme}+{handling}: fp ppl {fp_ppl:.4f}, quantized {result['ppl']:.4f} "
                         f"({result['delta_ppl_pct']:+.2f} %); one linear exempted at a time")
     for col in ("linear", "part", "ppl", "Δppl %", "recovered"):

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from typing import Callable
 
@@ -54,18 +55,32 @@ def qlinears(model) -> dict[str, QLinear]:
     return found
 
 
+def selected(model, only: str | None = None) -> dict[str, QLinear]:
+    layers = qlinears(model)
+    if only:
+        try:
+            pattern = re.compile(only)
+        except re.error as e:
+            raise QsinkError(f"--only {only!r} is not a regular expression: {e}") from None
+        layers = {n: q for n, q in layers.items() if pattern.search(n)}
+        if not layers:
+            raise QsinkError(f"--only {only!r} matches no quantized linear; names look like 0.self_attn.q_proj, 11.mlp.down_proj")
+    return layers
+
+
 def linear_ablation(model, tokenizer, windows: Windows, fp_ppl: float, parts: tuple[str, ...] = PARTS,
-                    batch_size: int = 8, on_step: Callable[[str], None] | None = None) -> dict:
+                    batch_size: int = 8, on_step: Callable[[str], None] | None = None, only: str | None = None) -> dict:
     """Perplexity of the quantized model with each linear's ``parts`` exempted in turn.
 
     Returns ``{"ppl": all-quantized ppl, "delta_ppl_pct": ..., "rows": [...]}`` with rows sorted
     by ``recovered``, largest first. Parts a linear does not quantize (``act`` under a weight-only
-    scheme) are skipped.
+    scheme) are skipped; ``only`` (a regular expression searched in names such as
+    ``11.mlp.down_proj``) restricts the exemptions to matching linears.
     """
     for p in parts:
         if p not in PARTS:
             raise QsinkError(f"unknown part {p!r}; use one of {', '.join(PARTS)}")
-    layers = qlinears(model)
+    layers = selected(model, only)
     ppl_all = perplexity(model, tokenizer, windows, batch_size=batch_size).ppl
     d_all = 100 * (ppl_all / fp_ppl - 1)
     rows = []
@@ -84,4 +99,4 @@ def linear_ablation(model, tokenizer, windows: Windows, fp_ppl: float, parts: tu
     return {"ppl": ppl_all, "fp_ppl": fp_ppl, "delta_ppl_pct": d_all, "rows": rows}
 
 
-__all__ = ["PARTS", "exempt", "linear_ablation", "qlinears"]
+__all__ = ["PARTS", "exempt", "linear_ablation", "qlinears", "selected"]

@@ -58,6 +58,10 @@ def test_weight_only_schemes_have_no_act_rows_and_bad_parts_are_refused(setup):
         linear_ablation(q, tok, windows, fp_ppl=fp, parts=("bias",))
     with pytest.raises(QsinkError, match="no quantized linear"):
         linear_ablation(model, tok, windows, fp_ppl=fp)
+    rows = linear_ablation(q, tok, windows, fp_ppl=fp, only=r"^1\.mlp")["rows"]
+    assert sorted(r["linear"] for r in rows) == ["1.mlp.down_proj", "1.mlp.gate_proj", "1.mlp.up_proj"]
+    with pytest.raises(QsinkError, match="matches no quantized linear"):
+        linear_ablation(q, tok, windows, fp_ppl=fp, only="lm_head")
     lin = qlinears(q)["0.self_attn.q_proj"]
     before = lin.weight_q.clone()
     with exempt(lin, "weight"):
