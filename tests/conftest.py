@@ -35,6 +35,17 @@ def qsink_home(tmp_path_factory):
         os.environ["QSINK_HOME"] = old
 
 
+def run_cli(argv, capsys):
+    """Run ``qsink ARGV`` in process; return (exit code, stdout, stderr)."""
+    from qsink.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return e.value.code, captured.out, captured.err
+
+
 def make_tokenizer(add_bos: bool):
     """A byte-level BPE tokenizer trained in milliseconds on SAMPLE_TEXT."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers

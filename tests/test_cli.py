@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 import pytest
 
-from qsink.cli import main
+from tests.conftest import run_cli
 
 
 def cell_records(out):
@@ -18,12 +18,7 @@ def cell_records(out):
     return [p for p in out.glob("*.json") if "__profile__" not in p.name]
 
 
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return e.value.code, captured.out, captured.err
+run = run_cli
 
 
 def test_evaluate_writes_a_record_and_resumes(tiny_model_dir, sample_text_file, tmp_path, capsys):

@@ -5,10 +5,10 @@ import math
 import pandas as pd
 import pytest
 
-from qsink.cli import main
 from qsink.errors import QsinkError
 from qsink.results import RecordStore, make_record
 from qsink.results.study import build_study, fill_blocks, handling_summary, split_seed, spread, study_frame
+from tests.conftest import run_cli as run
 
 # planted Δppl % per (group, seed, scheme, handling); spikes and sinks per (group, seed)
 DELTAS = {
@@ -125,10 +125,3 @@ def test_study_command_end_to_end(tmp_path, capsys):
     code, _, err = run(["study", str(tmp_path / "records"), "--baseline", "bb-base", "--fill", str(tmp_path / "no.md")], capsys)
     assert code == 2 and "does not exist" in err
 
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return e.value.code, captured.out, captured.err
