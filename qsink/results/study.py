@@ -53,6 +53,12 @@ def _ok(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"] == "ok"]
 
 
+def _fp(df: pd.DataFrame) -> pd.DataFrame:
+    """One fp row per model: its perplexity and profile."""
+    ok = _ok(df)
+    return ok[ok["scheme"] == "fp"].drop_duplicates("model")
+
+
 def _fmt(v, spec: str = "{:.3g}") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
@@ -90,7 +96,7 @@ def _delta(df: pd.DataFrame, group: str, scheme: str, handling: str) -> list[flo
 
 def models_table(df: pd.DataFrame) -> str:
     """One row per model: fp perplexity and the outlier profile on the evaluation text."""
-    fp = _ok(df)[_ok(df)["scheme"] == "fp"].drop_duplicates("model")
+    fp = _fp(df)
     rows = []
     for g in _groups_in_order(df):
         for _, r in fp[fp["group"] == g].sort_values("model").iterrows():
@@ -108,7 +114,7 @@ def models_table(df: pd.DataFrame) -> str:
 def variants_table(df: pd.DataFrame, baseline: str) -> str:
     """One row per variant (seeds pooled): spike and sink ratio against the baseline's, and the damage
     of the two outlier-sensitive schemes without handling."""
-    fp = _ok(df)[_ok(df)["scheme"] == "fp"].drop_duplicates("model")
+    fp = _fp(df)
     ok = _ok(df)
     base_spike = fp[fp["group"] == baseline]["spike_magnitude"].mean()
     rows = []
@@ -212,8 +218,7 @@ def spearman_table(df: pd.DataFrame, data: str, stat: str = "spike") -> str:
 def headline_table(df: pd.DataFrame, groups: list[str] | None = None) -> str:
     """Per model group: spike, sink ratio and, for the outlier-sensitive schemes, Δppl % without
     handling and with the best method for that scheme and group."""
-    ok = _ok(df)
-    fp = ok[ok["scheme"] == "fp"].drop_duplicates("model")
+    ok, fp = _ok(df), _fp(df)
     rows = []
     for g in groups or _groups_in_order(df):
         f = fp[fp["group"] == g]
@@ -244,7 +249,7 @@ def _group_means(df: pd.DataFrame) -> pd.DataFrame:
 
 def plot_sinks_vs_spikes(df: pd.DataFrame, path: Path) -> Path | None:
     """Each model's spike magnitude against its sink ratio: claims (a) and (b) in one picture."""
-    fp = _ok(df)[_ok(df)["scheme"] == "fp"].drop_duplicates("model").dropna(subset=["spike_magnitude", "sink_ratio"])
+    fp = _fp(df).dropna(subset=["spike_magnitude", "sink_ratio"])
     if fp.empty:
         return None
     plt = _plt()
