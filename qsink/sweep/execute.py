@@ -9,6 +9,8 @@ of the same sweep skips them.
 
 from __future__ import annotations
 
+import datetime as _dt
+import json
 import os
 import time
 import traceback
@@ -207,9 +209,23 @@ class _Ray:
             self.ray.shutdown()
 
 
+JOURNAL = "journal.jsonl"
+
+
+def _journal(path: Path, job: Job, summary: dict) -> None:
+    """One JSON line per finished job (appended, so earlier invocations stay): what ran, how it ended,
+    how long it took and where; the source of a sweep's wall times."""
+    entry = {"finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "job": job.key,
+             "kind": job.kind, **{k: summary.get(k) for k in ("status", "wall_s", "pid", "detail")}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
 def execute(sweep: Sweep, executor: str = "local", workers: int = 1, address: str | None = None,
             on_result: Callable[[Job, dict], None] | None = None) -> list[dict]:
-    """Run every job of ``sweep`` in dependency order; returns one summary per job."""
+    """Run every job of ``sweep`` in dependency order; returns one summary per job. Each finished job
+    (run, skipped, failed or blocked) is appended to ``OUT/journal.jsonl``."""
     if executor not in EXECUTORS:
         raise QsinkError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
     if executor == "ray":
@@ -224,6 +240,7 @@ def execute(sweep: Sweep, executor: str = "local", workers: int = 1, address: st
     def finish(job: Job, summary: dict):
         summary["key"] = job.key
         results[job.key] = summary
+        _journal(sweep.out / JOURNAL, job, summary)
         if on_result:
             on_result(job, summary)
 

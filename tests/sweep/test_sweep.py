@@ -78,6 +78,10 @@ def test_local_sweep_then_rerun_runs_nothing(sample_text_file, tmp_path):
     assert [r["status"] for r in again] == ["skipped"] * 3
     assert {p: p.stat().st_mtime_ns for p in records} == mtimes
     assert all(status(sw).values())
+    journal = [json.loads(l) for l in (tmp_path / "out" / "journal.jsonl").read_text().splitlines()]
+    assert [e["status"] for e in journal] == ["done"] * 3 + ["skipped"] * 3  # both invocations, in order
+    assert [e["kind"] for e in journal[:3]] == ["train", "eval", "eval"]
+    assert journal[0]["wall_s"] > journal[3]["wall_s"] >= 0 and journal[0]["pid"] == os.getpid()
 
 
 def test_failed_dependency_blocks_its_cells(sample_text_file, tmp_path):
