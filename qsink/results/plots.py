@@ -62,12 +62,18 @@ def plot_delta_vs_spike(df: pd.DataFrame, path: Path, target: str = "delta_ppl_p
     return save_figure(fig, path)
 
 
-def plot_heatmap(df: pd.DataFrame, path: Path, target: str = "delta_ppl_pct", handling: str = "none") -> Path | None:
-    """Model x scheme matrix of ``target`` for one handling method, colour on a log scale, values written in."""
+def plot_heatmap(df: pd.DataFrame, path: Path, target: str = "delta_ppl_pct", handling: str = "none",
+                 models: list[str] | None = None, schemes: list[str] | None = None) -> Path | None:
+    """Model x scheme matrix of ``target`` for one handling method, colour on a log scale, values written in;
+    rows and columns in the given orders (alphabetical otherwise)."""
     ok = df[(df["status"] == "ok") & (df["scheme"] != "fp") & (df["handling"] == handling)]
     if ok.empty or target not in ok.columns:
         return None
     table = ok.pivot_table(index="model", columns="scheme", values=target, aggfunc="first")
+    if models:
+        table = table.reindex([m for m in models if m in table.index])
+    if schemes:
+        table = table[[s for s in schemes if s in table.columns]]
     plt = _plt()
     from matplotlib.colors import SymLogNorm
 

@@ -344,7 +344,8 @@ def build_study(records: list[dict], baseline: str, reference_data: str | None =
         plots_dir = Path(plots_dir)
         made = {
             "delta-vs-spike": plot_delta_vs_spike(trained, plots_dir / "delta-vs-spike.png"),
-            "heatmap": plot_heatmap(_group_means(df), plots_dir / "heatmap.png"),
+            "heatmap": plot_heatmap(_group_means(df), plots_dir / "heatmap.png", models=_groups_in_order(df),
+                                    schemes=_scheme_order(df)),
             "sinks-vs-spikes": plot_sinks_vs_spikes(trained, plots_dir / "sinks-vs-spikes.png"),
             "handling": plot_handling(df, data, plots_dir / "handling.png",
                                       f"Mean Δppl % over the {trained['model'].nunique()} trained models ({data})"),
