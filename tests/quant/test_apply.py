@@ -214,3 +214,18 @@ def test_lm_head_and_embedding_can_be_included(model, tok, windows, calib):
     assert torch.equal(plain.model.embed_tokens.weight, model.model.embed_tokens.weight)
     with pytest.raises(QsinkError, match="cannot include"):
         quantize_(copy.deepcopy(model), get_scheme("w4a4"), "none", calib, tok, include=("norms",))
+
+
+def test_quarot_is_the_rotation_then_gptq(model, tok, windows, calib):
+    """Same function with quantization off; on calibration inputs GPTQ's rotated weights beat the
+    rotated round-to-nearest ones (the objective GPTQ minimises), so the mean SQNR rises."""
+    ref = logits(model, windows.input_ids)
+    rtn, qr = copy.deepcopy(model), copy.deepcopy(model)
+    r_rtn = quantize_(rtn, get_scheme("w4a16"), "hadamard", calib, tok)
+    r_qr = quantize_(qr, get_scheme("w4a16"), "quarot", calib, tok)
+    set_mode(qr, "off")
+    assert float((logits(qr, windows.input_ids) - ref).abs().max() / ref.abs().max()) < 1e-4
+    assert r_qr["handling"]["gptq"]["n_linears"] == 14 and r_qr["handling"]["rotation"]["mode"] == "residual"
+    assert r_qr["sqnr_db_mean"] > r_rtn["sqnr_db_mean"] + 0.5
+    with pytest.raises(QsinkError, match="integer weights"):
+        check_combination(get_scheme("mxfp4"), "quarot")

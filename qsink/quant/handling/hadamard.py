@@ -107,3 +107,37 @@ class Hadamard(Handler):
         if self.mode == "online":
             return {"mode": "online", "online_linears": sorted(self.online_all)}
         return {"mode": "residual", "seed": self.seed, "online_down_proj": self.online}
+
+
+@register
+class QuaRot(Handler):
+    """The rotation of :class:`Hadamard`, then GPTQ on the rotated weights: QuaRot's recipe for
+    4-bit weights (Ashkboos et al. 2024, arXiv 2404.00456, quantize the rotated model's weights with
+    GPTQ rather than round-to-nearest). The Hessians are collected on the rotated inputs."""
+
+    name = "quarot"
+    description = "hadamard's rotation followed by GPTQ on the rotated weights (QuaRot, arXiv 2404.00456); integer weights"
+    needs_calibration = True
+
+    def __init__(self, seed: int = 0, damp: float = 0.01, block: int = 128):
+        from qsink.quant.handling.gptq import GPTQ
+
+        self.rotation, self.gptq = Hadamard(seed=seed), GPTQ(damp=damp, block=block)
+
+    def check(self, scheme) -> None:
+        self.gptq.check(scheme)
+
+    def prepare(self, model, adapter, calib, scheme) -> None:
+        self.rotation.prepare(model, adapter, calib, scheme)
+
+    def linear_options(self, layer: int, name: str) -> dict:
+        return self.rotation.linear_options(layer, name)
+
+    def install(self, model, ctx) -> list:
+        return self.rotation.install(model, ctx) + self.gptq.install(model, ctx)
+
+    def after_calibration(self, qlinears: dict) -> None:
+        self.gptq.after_calibration(qlinears)
+
+    def report(self) -> dict:
+        return {"rotation": self.rotation.report(), "gptq": self.gptq.report()}
