@@ -31,6 +31,7 @@ from qsink.measure.plots import save_figure
 
 SEED = re.compile(r"^(?P<group>.+?)-seed(?P<seed>\d+)$")
 HEADLINE_SCHEMES = ("w8a8-static", "w4a4", "nvfp4")
+HANDLING_ORDER = ("none", "smoothquant", "hadamard", "token-keep", "clip", "gptq", "quarot", "llm-int8")
 
 
 def split_seed(name: str) -> tuple[str, int | None]:
@@ -173,7 +174,7 @@ def handling_table(df: pd.DataFrame, data: str) -> str:
         g = g.set_index("handling")
         n = int(g["models"].iloc[0])
         row = {"scheme": scheme, "models": n}
-        for h in ("none", "smoothquant", "hadamard", "token-keep", "clip", "gptq", "llm-int8"):
+        for h in HANDLING_ORDER:
             if h in g.index:
                 cell = _fmt(g.loc[h, "mean"], "{:+.3g}")
                 if h != "none":
@@ -182,7 +183,7 @@ def handling_table(df: pd.DataFrame, data: str) -> str:
         others = g.drop(index="none")["mean"]
         row["best"] = others.idxmin() if len(others) and others.min() < g.loc["none", "mean"] else "none"
         rows.append(row)
-    cols = ["scheme", "models", "none", "smoothquant", "hadamard", "token-keep", "clip", "gptq", "llm-int8", "best"]
+    cols = ["scheme", "models", *HANDLING_ORDER, "best"]
     rows = [{c: r.get(c, "-") for c in cols if any(c in rr for rr in rows)} for r in rows]
     return table(rows)
 
@@ -198,7 +199,7 @@ def spearman_table(df: pd.DataFrame, data: str, stat: str = "spike") -> str:
     c = c[c["data"] == data]
     if c.empty:
         return "_(no data)_"
-    handlings = [h for h in ("none", "smoothquant", "hadamard", "token-keep", "clip", "gptq", "llm-int8")
+    handlings = [h for h in HANDLING_ORDER
                  if h in set(c["handling"])]
     rows = []
     for scheme in _scheme_order(df[df["data"] == data]):
@@ -273,7 +274,7 @@ def plot_handling(df: pd.DataFrame, data: str, path: Path, title: str) -> Path |
         return None
     plt = _plt()
     schemes = list(dict.fromkeys(s["scheme"]))
-    handlings = [h for h in ("none", "smoothquant", "hadamard", "token-keep", "clip", "gptq", "llm-int8")
+    handlings = [h for h in HANDLING_ORDER
                  if h in set(s["handling"])]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(schemes) + 2), 3.8))
     width = 0.8 / len(handlings)
@@ -323,7 +324,7 @@ def build_study(records: list[dict], baseline: str, reference_data: str | None =
         "variants": variants_table(df, baseline),
         "schemes": schemes_table(trained, "none"),
         "schemes-best": "\n\n".join(f"**{h}**\n\n" + schemes_table(trained, h)
-                                    for h in ("smoothquant", "hadamard", "token-keep")
+                                    for h in HANDLING_ORDER[1:]
                                     if not _ok(trained)[_ok(trained)["handling"] == h].empty),
         "handling": handling_table(df, data),
         "spearman": spearman_table(df, data, "spike"),
@@ -337,7 +338,7 @@ def build_study(records: list[dict], baseline: str, reference_data: str | None =
         blocks["handling-reference"] = handling_table(df, ref_data)
         ref = df[df["data"] == ref_data]
         blocks["reference-cells"] = schemes_table(ref, "none") + "\n\n" + "\n\n".join(
-            f"**{h}**\n\n" + schemes_table(ref, h) for h in ("smoothquant", "hadamard", "token-keep")
+            f"**{h}**\n\n" + schemes_table(ref, h) for h in HANDLING_ORDER[1:]
             if not _ok(ref)[_ok(ref)["handling"] == h].empty)
     plots: dict[str, Path] = {}
     if plots_dir is not None:
