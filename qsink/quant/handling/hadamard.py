@@ -26,6 +26,7 @@ import torch
 
 from qsink.quant.hadamard import apply_hadamard, hadamard_factors, random_hadamard
 from qsink.quant.handling.base import Handler, register
+from qsink.quant.handling.gptq import GPTQ
 
 
 @register
@@ -120,8 +121,6 @@ class QuaRot(Handler):
     needs_calibration = True
 
     def __init__(self, seed: int = 0, damp: float = 0.01, block: int = 128):
-        from qsink.quant.handling.gptq import GPTQ
-
         self.rotation, self.gptq = Hadamard(seed=seed), GPTQ(damp=damp, block=block)
 
     def check(self, scheme) -> None:
