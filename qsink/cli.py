@@ -498,15 +498,15 @@ def ablate_cmd(
     from qsink.evaluate.perplexity import perplexity
     from qsink.models import load, resolve
     from qsink.quant import get_scheme, quantize_
-    from qsink.quant.ablate import linear_ablation, selected
+    from qsink.evaluate.recipe import check_calib_split
+    from qsink.quant.ablate import exemptions, linear_ablation
     from qsink.quant.apply import check_combination
     from qsink.quant.calibration import calibration_windows
 
     want = tuple(_split_names([parts]))
     sch = get_scheme(scheme)
     check_combination(sch, handling)
-    if str(calib_data).endswith(":test"):
-        raise QsinkError("calibration must not read a test split; pass --calib-data with a train or validation split")
+    check_calib_split(calib_data)
     res = resolve(model)
     text = resolve_data(data, None, log=_log)
     model_, tok = load(res, device=device, log=_log)
@@ -514,8 +514,7 @@ def ablate_cmd(
     cw = calibration_windows(tok, resolve_data(calib_data, None, log=_log), calib, ctx, seed)
     fp_ppl = perplexity(model_, tok, windows, batch_size=batch_size).ppl
     quantize_(model_, sch, handling, cw, tok, sqnr=False)
-    n_steps = sum(1 for q in selected(model_, only).values() for p in want
-                  if (q.act_fmt if p == "act" else q.weight_fmt) is not None)
+    n_steps = len(exemptions(model_, want, only))
     with _progress("exemptions") as progress:
         task = progress.add_task(f"{res.name} {scheme}+{handling}", total=n_steps)
         result = linear_ablation(model_, tok, windows, fp_ppl, parts=want, batch_size=batch_size,

@@ -56,6 +56,12 @@ DEFAULTS = dict(schemes=["fp"], handling=["none"], tasks=[], limit=None, num_few
                 profile_samples=16, dtype="fp32", device="auto", seed=0, trust_remote_code=False)
 
 
+def check_calib_split(name) -> None:
+    """Calibration never reads a test split."""
+    if str(name).endswith(":test"):
+        raise QsinkError("calibration must not read a test split; pass --calib-data with a train or validation split")
+
+
 def plan_matrix(opts: dict, force: bool = False):
     """Validated (cells, dropped reasons, tasks, EvalSettings) from evaluate options (DEFAULTS' keys)."""
     from qsink.evaluate.runner import EvalSettings, plan_cells
@@ -80,8 +86,8 @@ def plan_matrix(opts: dict, force: bool = False):
         from qsink.evaluate.lmeval import check_tasks
 
         check_tasks(tasks)  # before anything is loaded
-    if any(c.scheme != "fp" for c in cells) and str(o["calib_data"]).endswith(":test"):
-        raise QsinkError("calibration must not read a test split; pass --calib-data with a train or validation split")
+    if any(c.scheme != "fp" for c in cells):
+        check_calib_split(o["calib_data"])
     settings = EvalSettings(ctx=o["ctx"], max_tokens=o["max_tokens"] or None, batch_size=o["batch_size"],
                             dtype=o["dtype"], device=o["device"], seed=o["seed"], calib=o["calib"],
                             calib_data=o["calib_data"], backend=o["backend"], include=tuple(include),

@@ -68,6 +68,16 @@ def selected(model, only: str | None = None) -> dict[str, QLinear]:
     return layers
 
 
+def exemptions(model, parts: tuple[str, ...] = PARTS, only: str | None = None) -> list[tuple[str, QLinear, str]]:
+    """The (name, linear, part) exemptions an ablation runs, in order; parts a linear does not quantize
+    (``act`` under a weight-only scheme) are left out."""
+    for p in parts:
+        if p not in PARTS:
+            raise QsinkError(f"unknown part {p!r}; use one of {', '.join(PARTS)}")
+    return [(name, q, part) for name, q in selected(model, only).items() for part in parts
+            if (q.act_fmt if part == "act" else q.weight_fmt) is not None]
+
+
 def linear_ablation(model, tokenizer, windows: Windows, fp_ppl: float, parts: tuple[str, ...] = PARTS,
                     batch_size: int = 8, on_step: Callable[[str], None] | None = None, only: str | None = None) -> dict:
     """Perplexity of the quantized model with each linear's ``parts`` exempted in turn.
@@ -77,26 +87,20 @@ def linear_ablation(model, tokenizer, windows: Windows, fp_ppl: float, parts: tu
     scheme) are skipped; ``only`` (a regular expression searched in names such as
     ``11.mlp.down_proj``) restricts the exemptions to matching linears.
     """
-    for p in parts:
-        if p not in PARTS:
-            raise QsinkError(f"unknown part {p!r}; use one of {', '.join(PARTS)}")
-    layers = selected(model, only)
+    steps = exemptions(model, parts, only)
     ppl_all = perplexity(model, tokenizer, windows, batch_size=batch_size).ppl
     d_all = 100 * (ppl_all / fp_ppl - 1)
     rows = []
-    for name, q in layers.items():
-        for part in parts:
-            if (part == "act" and q.act_fmt is None) or (part == "weight" and q.weight_fmt is None):
-                continue
-            with exempt(q, part):
-                ppl = perplexity(model, tokenizer, windows, batch_size=batch_size).ppl
-            d = 100 * (ppl / fp_ppl - 1)
-            rows.append({"linear": name, "part": part, "ppl": ppl, "delta_ppl_pct": d,
-                         "recovered": (d_all - d) / d_all if d_all != 0 else float("nan")})
-            if on_step:
-                on_step(f"{name} {part}")
+    for name, q, part in steps:
+        with exempt(q, part):
+            ppl = perplexity(model, tokenizer, windows, batch_size=batch_size).ppl
+        d = 100 * (ppl / fp_ppl - 1)
+        rows.append({"linear": name, "part": part, "ppl": ppl, "delta_ppl_pct": d,
+                     "recovered": (d_all - d) / d_all if d_all != 0 else float("nan")})
+        if on_step:
+            on_step(f"{name} {part}")
     rows.sort(key=lambda r: -(r["recovered"] if r["recovered"] == r["recovered"] else -1e9))
     return {"ppl": ppl_all, "fp_ppl": fp_ppl, "delta_ppl_pct": d_all, "rows": rows}
 
 
-__all__ = ["PARTS", "exempt", "linear_ablation", "qlinears", "selected"]
+__all__ = ["PARTS", "exempt", "exemptions", "linear_ablation", "qlinears", "selected"]
