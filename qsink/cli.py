@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -16,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from qsink.errors import QsinkError
+from qsink.validate import check_file_target
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="qsink: how much does low-bit quantization hurt a language model, and why.")
@@ -52,9 +54,19 @@ def _windows_progress(progress: Progress):
     return factory
 
 
-def _progress(unit: str = "windows") -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
+@contextmanager
+def _progress(unit: str = "windows", *columns):
+    """Progress bars on stderr; if the work inside fails, the bars are hidden so that the error line
+    (or the interruption line) stands alone."""
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit), *columns,
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
+    with progress:
+        try:
+            yield progress
+        except BaseException:
+            for t in progress.task_ids:
+                progress.update(t, visible=False)
+            raise
 
 
 @app.command()
@@ -119,14 +131,8 @@ def evaluate(
         calib_text = resolve_data(settings.calib_data, None, log=_log)
     with _progress() as progress:
         overall = progress.add_task(f"matrix: {len(resolved)} model(s) x {len(cells)} cell(s)", total=len(resolved) * len(cells))
-        try:
-            outcomes = run_cells(resolved, cells, corpus, settings, store, calib_text=calib_text, log=_log,
-                                 progress_factory=_windows_progress(progress),
-                                 on_cell=lambda o: progress.advance(overall))
-        except QsinkError:
-            for t in progress.task_ids:  # the error line alone, no half-drawn bars
-                progress.update(t, visible=False)
-            raise
+        outcomes = run_cells(resolved, cells, corpus, settings, store, calib_text=calib_text, log=_log,
+                             progress_factory=_windows_progress(progress), on_cell=lambda o: progress.advance(overall))
     table = Table(title=f"perplexity on {corpus.name} (ctx {settings.ctx})")
     cols = ["model", "cell", "status", "ppl", "Δppl %", "bits/byte", "SQNR dB", "spike", "sinks"]
     cols += [t.removeprefix("qsink_") for t in tasks] + ["tok/s"]
@@ -178,31 +184,35 @@ def measure(
     from qsink.data import resolve_data
     from qsink.measure.plots import plot_profile
     from qsink.measure.profiler import ProfileSettings
-    from qsink.measure.run import measure_model
+    from qsink.measure.run import check_options, measure_model
     from qsink.models import resolve
     from qsink.results import RecordStore
+    from qsink.validate import at_least
 
-    if samples < 1 or batch_size < 1:
-        raise QsinkError("--samples and --batch-size must be at least 1")
+    check_options(ctx, samples, batch_size, dtype, device)
+    settings = ProfileSettings(top_k=top_k, massive_abs=massive_abs, massive_ratio=massive_ratio, sink_eps=sink_eps,
+                               attn_windows=attn_windows)
+    at_least(flags=True, grad_windows=(grad_windows, 1), sample=(scan_sample, 1))
+    layers = _parse_layers(scan_layers)
     store = RecordStore(out_dir)
     store.ensure_writable()
     res = resolve(model)
     corpus = resolve_data(data, str(text) if text else None, log=_log)
-    settings = ProfileSettings(top_k=top_k, massive_abs=massive_abs, massive_ratio=massive_ratio, sink_eps=sink_eps,
-                               attn_windows=attn_windows)
     loaded = None
     if vocab_scan or gradients:
         from qsink.models import load
 
         loaded = load(res, dtype=dtype, device=device, trust_remote_code=trust_remote_code, log=_log)
+        n_layers = loaded[0].config.num_hidden_layers
+        if layers and (min(layers) < 1 or max(layers) > n_layers):
+            raise QsinkError(f"--scan-layers must lie in 1..{n_layers} (residual stream after each block)")
     with _progress() as progress:
         outcome = measure_model(res, corpus, store, ctx=ctx, samples=samples, settings=settings, dtype=dtype, device=device,
                                 batch_size=batch_size, force=force, trust_remote_code=trust_remote_code, log=_log,
                                 on_batch_factory=_windows_progress(progress), attribution=attribution, loaded=loaded)
         doc = outcome.profile.to_dict()
         if vocab_scan:
-            doc = _vocab_scan(res, doc, store, outcome.path, scan_sample, scan_layers, loaded, progress, dtype, device,
-                              trust_remote_code)
+            doc = _vocab_scan(res, doc, store, outcome.path, scan_sample, layers, loaded, progress)
         if gradients:
             doc = _gradients(doc, store, outcome.path, corpus, ctx, grad_windows, loaded)
     plots = plot_profile(doc, out_dir, outcome.path.stem, res.name)
@@ -223,19 +233,21 @@ def measure(
     _log("plots: " + ", ".join(str(p) for p in plots))
 
 
-def _vocab_scan(res, doc, store, path, sample, layers_opt, loaded, progress, dtype, device, trust_remote_code) -> dict:
+def _parse_layers(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return sorted({int(x) for x in text.split(",")})
+    except ValueError:
+        raise QsinkError(f"--scan-layers takes comma-separated layer numbers, not {text!r}") from None
+
+
+def _vocab_scan(res, doc, store, path, sample, layers, loaded, progress) -> dict:
     from qsink.measure.vocab_scan import vocab_scan
 
-    if layers_opt:
-        try:
-            layers = sorted({int(x) for x in layers_opt.split(",")})
-        except ValueError:
-            raise QsinkError(f"--scan-layers takes comma-separated layer numbers, not {layers_opt!r}") from None
-    else:
+    if not layers:
         pos0 = [p for p in doc.get("massive", {}).get("positions", []) if p["position"] == 0]
-        layers = pos0[0]["layers"][:3] if pos0 else [doc["summary"]["spike_layer"]]
-    if not layers or min(layers) < 1 or max(layers) > doc["n_layers"]:
-        raise QsinkError(f"--scan-layers must lie in 1..{doc['n_layers']} (residual stream after each block)")
+        layers = pos0[0]["layers"][:3] if pos0 else [max(1, doc["summary"]["spike_layer"])]
     old = doc.get("vocab_scan")
     if old and old["layers"] == layers and old["n_scanned"] == (min(sample, old["vocab_size"]) if sample else old["vocab_size"]):
         _log("this vocabulary scan already existed and was not recomputed")
@@ -254,8 +266,6 @@ def _gradients(doc, store, path, corpus, ctx, n, loaded) -> dict:
     from qsink.data.windows import adds_bos, make_windows
     from qsink.measure.gradients import gradient_sinks
 
-    if n < 1:
-        raise QsinkError("--grad-windows must be at least 1")
     old = doc.get("gradient_sinks")
     if old and old["n_windows"] == n and old["ctx"] == ctx:
         _log("these gradient statistics already existed and were not recomputed")
@@ -349,9 +359,7 @@ def train(
     overrides = {k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}
     r = load_recipe(recipe, size=size, overrides=overrides or None)
     out_dir = out_dir or Path("runs/train") / (r.name if seed is None else f"{r.name}-seed{seed}")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                  TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:.0f} tok/s"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=err) as progress:
+    with _progress("steps", TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:.0f} tok/s")) as progress:
         task = progress.add_task(f"train {r.name}", total=r.steps, loss=float("nan"), tps=0.0)
 
         def on_step(step, loss, tps):
@@ -378,6 +386,8 @@ def sweep(
 
     from qsink.sweep import execute, load_sweep, status
 
+    if workers < 0:
+        raise QsinkError(f"--workers must be 0 (one per CPU core) or more, not {workers}")
     sw = load_sweep(recipe, device=device, out=out_dir)
     for reason in sw.dropped:
         _log(f"skipping {reason}")
@@ -422,6 +432,8 @@ def leaderboard_cmd(
     from qsink.results import RecordStore, leaderboard
     from qsink.results.leaderboard import correlations, group_summary
 
+    if csv:
+        check_file_target(csv, "--csv")
     df = leaderboard(RecordStore(results).load_all(), sort=sort)
     if df.empty:
         raise QsinkError(f"no records in {results}; run 'qsink evaluate' first")
@@ -492,32 +504,50 @@ def ablate_cmd(
 ) -> None:
     """Which linear layer's quantization does the damage: each linear's activations (or weights) kept in
     full precision in turn, the rest quantized, perplexity measured again."""
+    import copy
+
     from qsink.bench import write_json
     from qsink.data import resolve_data
     from qsink.data.windows import make_windows
     from qsink.evaluate.perplexity import perplexity
-    from qsink.models import load, resolve
+    from qsink.evaluate.settings import EvalSettings
+    from qsink.models import check_ctx, load, resolve
     from qsink.quant import get_scheme, quantize_
-    from qsink.evaluate.recipe import check_calib_split
-    from qsink.quant.ablate import exemptions, linear_ablation
+    from qsink.quant.ablate import PARTS, exemptions, linear_ablation
     from qsink.quant.apply import check_combination
     from qsink.quant.calibration import calibration_windows
+    from qsink.results import RecordStore
 
+    settings = EvalSettings(ctx=ctx, max_tokens=max_tokens, batch_size=batch_size, calib=calib, calib_data=calib_data,
+                            seed=seed, device=device)
     want = tuple(_split_names([parts]))
+    bad = [p for p in want if p not in PARTS] or ([] if want else ["(none)"])
+    if bad:
+        raise QsinkError(f"--parts takes {' and/or '.join(PARTS)}, not {', '.join(bad)}")
+    if only:
+        try:
+            re.compile(only)
+        except re.error as e:
+            raise QsinkError(f"--only {only!r} is not a regular expression: {e}") from None
     sch = get_scheme(scheme)
+    if scheme == "fp":
+        raise QsinkError("--scheme fp quantizes nothing, so there is nothing to ablate; name a quantized scheme ('qsink schemes')")
     check_combination(sch, handling)
-    check_calib_split(calib_data)
+    RecordStore(out_dir).ensure_writable()
     res = resolve(model)
     text = resolve_data(data, None, log=_log)
+    calib_text = resolve_data(calib_data, None, log=_log)
     model_, tok = load(res, device=device, log=_log)
-    windows = make_windows(tok, text, ctx, max_tokens)
-    cw = calibration_windows(tok, resolve_data(calib_data, None, log=_log), calib, ctx, seed)
+    check_ctx(model_, ctx, res.name)
+    windows = make_windows(tok, text, settings.ctx, settings.max_tokens)
+    qmodel = copy.deepcopy(model_)
+    quantize_(qmodel, sch, handling, calibration_windows(tok, calib_text, calib, ctx, seed), tok, sqnr=False)
+    n_steps = len(exemptions(qmodel, want, only))  # an --only that matches nothing fails here, before the fp pass
     fp_ppl = perplexity(model_, tok, windows, batch_size=batch_size).ppl
-    quantize_(model_, sch, handling, cw, tok, sqnr=False)
-    n_steps = len(exemptions(model_, want, only))
+    del model_
     with _progress("exemptions") as progress:
         task = progress.add_task(f"{res.name} {scheme}+{handling}", total=n_steps)
-        result = linear_ablation(model_, tok, windows, fp_ppl, parts=want, batch_size=batch_size,
+        result = linear_ablation(qmodel, tok, windows, fp_ppl, parts=want, batch_size=batch_size,
                                  on_step=lambda _: progress.advance(task), only=only)
     doc = {"kind": "qsink.ablate/1", "model": res.name, "model_sha256": res.sha256, "scheme": scheme, "handling": handling,
            "data": text.name, "data_sha256": text.sha256, "ctx": ctx, "max_tokens": max_tokens, "calib": calib,
@@ -549,6 +579,7 @@ def study_cmd(
 
     if not results.is_dir():
         raise QsinkError(f"{results} is not a directory of records; pass the sweep's records: directory")
+
     info = write_study(RecordStore(results).load_all(), baseline, csv, plots, list(fill))
     out.print(f"{info['rows']} cells, {info['columns']} columns" + (f"; wrote {csv}" if csv else ""))
     for p in info["plots"]:
@@ -564,15 +595,15 @@ def report(
     title: str = typer.Option("qsink report", "--title"),
 ) -> None:
     """A Markdown report: models and their outlier profiles, quantized cells, Spearman summary, plots."""
+    from qsink.measure.profile import PROFILE_SCHEMA
     from qsink.results import RecordStore
     from qsink.results.report import build_report
 
-    from qsink.measure.profile import PROFILE_SCHEMA
-
+    check_file_target(out_file, "--out")
     store = RecordStore(results)
     records = store.load_all()
     path = build_report(records, out_file, title=title, command=f"qsink report --results {results} --out {out_file}",
-                        profiles=store.load_all(schema=PROFILE_SCHEMA))
+                        profiles=store.load_all(schema=PROFILE_SCHEMA, required=("key", "summary", "layers")))
     out.print(f"wrote {path}")
 
 
@@ -633,10 +664,8 @@ def data_fetch(
 @data_app.command("list")
 def data_list() -> None:
     """List the corpora, their splits and whether they are cached."""
-    import json
-
     from qsink.data import CORPORA
-    from qsink.data.corpora import corpus_dir, is_fetched
+    from qsink.data.corpora import is_fetched, read_manifest
 
     table = Table(title="corpora")
     for col in ("name", "package", "description", "splits", "cached"):
@@ -644,10 +673,19 @@ def data_list() -> None:
     for name, c in CORPORA.items():
         cached = "no (fetched on first use)"
         if is_fetched(name):
-            splits = json.loads((corpus_dir(name) / "manifest.json").read_text())["splits"]
+            splits = read_manifest(name)["splits"]
             cached = ", ".join(f"{s} {v['chars'] / 1e6:.2f}M chars" for s, v in splits.items())
         table.add_row(name, c.package, c.description, ", ".join(c.splits), cached)
     out.print(table)
+
+
+def _bench_check(out_file: Path, device: str, **counts) -> None:
+    """A benchmark's options, checked before its model loads (a context needs 2 tokens, counts 1)."""
+    from qsink.validate import at_least, check_device
+
+    check_file_target(out_file, "--out")
+    check_device(device)
+    at_least(flags=True, **{k: (v, 2 if k == "ctx" else 1) for k, v in counts.items()})
 
 
 def _bench_inputs(model: str, device: str = "auto"):
@@ -671,6 +709,7 @@ def bench_measure_cmd(
     """Wall time of `qsink measure` / a plain forward with output_hidden_states=True (target <= 1.5)."""
     from qsink.bench import bench_measure, write_json
 
+    _bench_check(out_file, device, samples=samples, ctx=ctx, repeats=repeats)
     m, tok, text = _bench_inputs(model, device)
     doc = bench_measure(m, tok, text, samples=samples, ctx=ctx, repeats=repeats, log=_log)
     doc["model"] = model
@@ -691,6 +730,7 @@ def bench_ppl_cmd(
     """fp perplexity wall time: lm-eval's rolling-loglikelihood scorer / qsink on the same windows (target >= 1), and agreement."""
     from qsink.bench import bench_ppl, write_json
 
+    _bench_check(out_file, device, windows=windows, ctx=ctx, repeats=repeats)
     m, tok, text = _bench_inputs(model, device)
     doc = bench_ppl(m, tok, text, windows_n=windows, ctx=ctx, repeats=repeats, log=_log)
     doc["model"] = model
@@ -713,6 +753,7 @@ def bench_quant_cmd(
     from qsink.bench import bench_quant, write_json
     from qsink.data import load_corpus
 
+    _bench_check(out_file, device, windows=windows, ctx=ctx, repeats=repeats)
     m, tok, text = _bench_inputs(model, device)
     doc = bench_quant(m, tok, text, load_corpus("austen", "train", log=_log),
                       windows_n=windows, ctx=ctx, repeats=repeats, log=_log)
@@ -733,6 +774,7 @@ def bench_train_cmd(
     from qsink.bench import bench_train, write_json
     from qsink.train import load_recipe
 
+    _bench_check(out_file, "auto", steps=steps)
     doc = bench_train(load_recipe(recipe), steps=steps, log=_log)
     write_json(doc, out_file)
     out.print(f"qsink {doc['qsink_tokens_per_s']:.0f} tok/s vs plain loop {doc['plain_loop_tokens_per_s']:.0f} tok/s "
@@ -757,6 +799,7 @@ def bench_all_cmd(
     from qsink.quant.schemes import SCHEMES
     from qsink.train import load_recipe
 
+    _bench_check(out_file, device, windows=windows, ctx=ctx, repeats=repeats, train_steps=train_steps)
     m, tok, text = _bench_inputs(model, device)
     parts = {}
     cells = tuple((name, "none") for name in SCHEMES.names() if name != "fp")
@@ -782,15 +825,45 @@ def bench_all_cmd(
               f"wrote {out_file}", highlight=False)
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM, raised in the main thread so that every ``finally`` (temporary files) runs.
+
+    A BaseException, not KeyboardInterrupt: typer turns a KeyboardInterrupt into a silent return of 130."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+# what an interrupted command leaves behind, and how to go on
+KEPT = {"train": "the last checkpoint is kept; rerun with --resume to continue",
+        "sweep": "finished jobs are kept; rerun the same command to run the rest",
+        "data": "nothing half-written is kept; rerun the same command"}
+KEPT_DEFAULT = "finished records are kept; rerun the same command to finish the rest"
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
 def main(argv: list[str] | None = None) -> None:
+    import signal
+    import threading
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in args if not a.startswith("-")), "qsink")
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+        handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=args, standalone_mode=False)
     except QsinkError as e:
         sys.stderr.write("error: " + " ".join(str(e).split()) + "\n")
         sys.exit(e.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
-        sys.stderr.write("interrupted: completed records are kept; rerun the same command to finish the rest\n")
-        sys.exit(130)
+    except Interrupted as e:
+        name = signal.Signals(e.signum).name
+        sys.stderr.write(f"interrupted: qsink {command} stopped by {name}; {KEPT.get(command, KEPT_DEFAULT)}\n")
+        sys.exit(128 + e.signum)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except Exception as e:  # click usage errors
@@ -800,6 +873,10 @@ def main(argv: list[str] | None = None) -> None:
             e.show()
             sys.exit(e.exit_code)
         raise
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

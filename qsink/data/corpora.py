@@ -127,12 +127,27 @@ def is_fetched(name: str) -> bool:
     return (corpus_dir(name) / "manifest.json").exists()
 
 
+def read_manifest(name: str) -> dict:
+    """The cached manifest of corpus ``name``, checked to list every split of the corpus."""
+    path = corpus_dir(name) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        manifest = None
+    splits = manifest.get("splits") if isinstance(manifest, dict) else None
+    complete = isinstance(splits, dict) and all(
+        isinstance(splits.get(s), dict) and {"sha256", "chars"} <= set(splits[s]) for s in CORPORA.get(name).splits)
+    if not complete:
+        raise QsinkError(f"the cached manifest {path} is damaged or incomplete; run 'qsink data fetch {name} --force'")
+    return manifest
+
+
 def fetch(name: str, force: bool = False, log: Callable[[str], None] = print) -> dict:
     """Download and extract corpus ``name`` into the cache; return its manifest."""
     corpus = CORPORA.get(name)
     out = corpus_dir(name)
     if is_fetched(name) and not force:
-        return json.loads((out / "manifest.json").read_text())
+        return read_manifest(name)
     debs = qsink_home() / "debs"
     if force:
         for old in debs.glob(f"{corpus.package}_*.deb"):
@@ -159,7 +174,7 @@ def load_corpus(name: str, split: str | None = None, log: Callable[[str], None] 
     if not is_fetched(name):
         log(f"corpus {name!r} is not in the cache yet ({corpus_dir(name)}); fetching it once")
         fetch(name, log=log)
-    manifest = json.loads((corpus_dir(name) / "manifest.json").read_text())
+    manifest = read_manifest(name)
     path = corpus_dir(name) / f"{split}.txt"
     try:
         text = path.read_text(encoding="utf-8")

@@ -23,7 +23,7 @@ class Windows:
     input_ids: torch.Tensor  # (n_windows, ctx) int64
     ctx: int
     bos: bool  # whether each window starts with the tokenizer's BOS token
-    n_text_tokens: int  # tokens in the whole text
+    n_text_tokens: int | None  # tokens in the whole text (None: only a prefix of a large text was read)
     n_used_tokens: int  # text tokens that went into the windows
     data_name: str
     data_sha256: str
@@ -84,11 +84,37 @@ def text_ids(tokenizer, text: Text) -> torch.Tensor:
     return ids
 
 
+LARGE_TEXT_CHARS = 4_000_000  # above this, a run that uses only max_tokens tokens tokenizes a prefix
+PREFIX_MARGIN = 256  # tokens past max_tokens that a prefix must give, so that where it was cut cannot matter
+
+
+def prefix_ids(tokenizer, text: str, n_tokens: int) -> torch.Tensor | None:
+    """The first ``n_tokens`` tokens of ``text`` from tokenizing a prefix of it, or ``None`` if even the
+    whole text gives fewer. Prefixes end at a line break and grow until they give ``PREFIX_MARGIN``
+    tokens more than asked for: tokenization is local, so the first ``n_tokens`` equal those of the
+    whole text (tested), at a small fraction of the cost for a large file."""
+    n_chars = max(1 << 16, 8 * n_tokens)
+    while n_chars < len(text):
+        cut = text.rfind("\n", 0, n_chars)
+        ids = tokenize(tokenizer, text[: cut if cut > 0 else n_chars])
+        if len(ids) >= n_tokens + PREFIX_MARGIN:
+            return torch.tensor(ids[:n_tokens], dtype=torch.long)
+        n_chars *= 2
+    return None
+
+
 def make_windows(tokenizer, text: Text, ctx: int, max_tokens: int | None = None) -> Windows:
-    """Tokenize ``text`` once and cut it into windows (see the module docstring)."""
+    """Tokenize ``text`` once and cut it into windows (see the module docstring). For a text over
+    ``LARGE_TEXT_CHARS`` characters and a ``max_tokens`` limit only a prefix is tokenized, and the
+    whole text's token count is then unknown (``n_text_tokens`` is ``None``)."""
     if ctx < 2:
         raise QsinkError(f"--ctx {ctx} is too small; a window needs at least 2 tokens")
-    ids = text_ids(tokenizer, text)
+    ids, n_text = None, None
+    if max_tokens and len(text.text) > LARGE_TEXT_CHARS:
+        ids = prefix_ids(tokenizer, text.text, max_tokens)
+    if ids is None:
+        ids = text_ids(tokenizer, text)
+        n_text = len(ids)
     bos = adds_bos(tokenizer)
     per_window = ctx - 1 if bos else ctx
     usable = ids[:max_tokens] if max_tokens else ids
@@ -101,4 +127,4 @@ def make_windows(tokenizer, text: Text, ctx: int, max_tokens: int | None = None)
     body = usable[: n * per_window].clone().view(n, per_window)
     if bos:
         body = torch.cat([torch.full((n, 1), tokenizer.bos_token_id, dtype=torch.long), body], dim=1)
-    return Windows(body, ctx, bos, len(ids), n * per_window, text.name, text.sha256)
+    return Windows(body, ctx, bos, n_text, n * per_window, text.name, text.sha256)

@@ -22,32 +22,13 @@ from qsink.data.corpora import Text
 from qsink.data.windows import make_windows
 from qsink.errors import QsinkError
 from qsink.evaluate.perplexity import perplexity
+from qsink.evaluate.settings import EvalSettings
 from qsink.models import ResolvedModel, check_ctx, load, resolve
 from qsink.quant import check_combination, get_scheme, quantize_
 from qsink.quant.apply import kept_token_fraction
 from qsink.quant.calibration import calibration_windows
-from qsink.results.record import cell_key, make_record
+from qsink.results.record import PROFILE_FIELDS, cell_key, make_record
 from qsink.results.store import RecordStore
-
-
-@dataclass
-class EvalSettings:
-    ctx: int = 512  # tokens per window
-    max_tokens: int | None = 12288  # text tokens used; keeps a 135M run near a minute on 2 CPU cores
-    batch_size: int = 4  # windows per forward
-    dtype: str = "fp32"
-    device: str = "auto"
-    seed: int = 0
-    calib: int = 4  # calibration windows (from calib_data, never the test split)
-    calib_data: str = "austen:train"
-    backend: str = "fake"  # "fake" (qsink's QLinear) or "bnb" (bitsandbytes kernels)
-    include: tuple[str, ...] = ()  # also quantize "lm_head" and/or "embed" (default: both stay fp)
-    trust_remote_code: bool = False
-    force: bool = False  # recompute cells whose record exists
-    tasks: tuple[str, ...] = ()  # lm-eval tasks scored on every cell (qsink_cloze, qsink_sentiment, ...)
-    limit: int | None = None  # items per task (None: all)
-    num_fewshot: int | None = None
-    profile_samples: int = 16  # windows of the eval text for the model's profile (0: no profile)
 
 
 @dataclass(frozen=True)
@@ -107,9 +88,6 @@ def identity(model_sha: str, cell: Cell, text: Text, s: EvalSettings, calib_sha:
         ident.update(tasks=sorted(s.tasks), task_limit=s.limit, num_fewshot=s.num_fewshot)
     return ident
 
-
-PROFILE_FIELDS = ("spike_magnitude", "spike_layer", "top1_median_max", "kurtosis_max", "has_massive", "sink_ratio",
-                  "alpha_mean", "step_up_layer", "step_down_layer", "linear_input_ratio_max")
 
 
 def model_profile(res, text: Text, settings: EvalSettings, store: RecordStore, loaded, log, progress_factory) -> dict | None:

@@ -38,6 +38,7 @@ from qsink.errors import QsinkError
 from qsink.measure import stats
 from qsink.measure.profile import Profile
 from qsink.models.adapter import adapter_for
+from qsink.validate import at_least, check_types
 
 MAX_MASSIVE_PER_LAYER_WINDOW = 256  # cap on stored (position, channel) hits; the count stays exact
 
@@ -48,7 +49,15 @@ class ProfileSettings:
     massive_abs: float = 100.0  # |h| above this ...
     massive_ratio: float = 1000.0  # ... and above this times the layer median
     sink_eps: float = 0.3
-    attn_windows: int | None = None  # windows that run eager attention (None: all)
+    attn_windows: int | None = None  # windows that run eager attention (None: all; 0: no sink statistics)
+
+    def __post_init__(self):
+        check_types(self, flags=True)
+        at_least(flags=True, top_k=(self.top_k, 1), attn_windows=(self.attn_windows, 0))
+        if not (self.massive_abs > 0 and self.massive_ratio > 0):
+            raise QsinkError("--massive-abs and --massive-ratio must be positive")
+        if not 0 < self.sink_eps < 1:
+            raise QsinkError(f"--sink-eps is a share of attention and must lie strictly between 0 and 1, not {self.sink_eps}")
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

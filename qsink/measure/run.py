@@ -11,11 +11,14 @@ import torch
 
 from qsink.data.corpora import Text
 from qsink.data.windows import adds_bos, make_windows
+from qsink.errors import QsinkError
 from qsink.measure.profile import Profile
 from qsink.measure.profiler import ProfileSettings, profile
 from qsink.models import ResolvedModel, check_ctx, load, resolve
 from qsink.results.record import cell_key, env_info
 from qsink.results.store import RecordStore
+from qsink.models.loader import DTYPES
+from qsink.validate import at_least, check_device
 
 
 @dataclass
@@ -23,6 +26,14 @@ class MeasureOutcome:
     profile: Profile
     path: Path
     skipped: bool
+
+
+def check_options(ctx: int, samples: int, batch_size: int, dtype: str, device: str) -> None:
+    """What ``qsink measure`` checks before it loads anything."""
+    at_least(flags=True, ctx=(ctx, 2), samples=(samples, 1), batch_size=(batch_size, 1))
+    if dtype not in DTYPES:
+        raise QsinkError(f"unknown dtype {dtype!r}; use one of fp32, bf16, fp16")
+    check_device(device)
 
 
 def profile_identity(res: ResolvedModel, text: Text, ctx: int, samples: int, dtype: str, s: ProfileSettings) -> dict:
@@ -52,6 +63,7 @@ def measure_model(
     ``attribution``: also attribute the spike channels to the sub-layers that inject and remove them
     (:mod:`qsink.measure.attribution`), stored in the same profile record (added to a cached one)."""
     settings = settings or ProfileSettings()
+    check_options(ctx, samples, batch_size, dtype, device)
     res = resolve(spec)
     ident = profile_identity(res, text, ctx, samples, dtype, settings)
     key = cell_key(ident)
@@ -85,7 +97,6 @@ def measure_model(
 def spike_attribution(model, input_ids, doc: dict, max_channels: int = 3) -> dict:
     """Attribution of the profile's spike channels on its main spike position, and the quadratic-form
     analysis of the FFN that injects the top channel (first window)."""
-    from qsink.errors import QsinkError
     from qsink.measure.attribution import attribute_channels, ffn_quadratic_analysis
 
     s = doc["summary"]

@@ -31,6 +31,9 @@ from functools import lru_cache
 from pathlib import Path
 
 SCHEMA = "qsink.record/1"
+# the model's profile summary a record carries under "profile" (absent when profile_samples is 0)
+PROFILE_FIELDS = ("spike_magnitude", "spike_layer", "top1_median_max", "kurtosis_max", "has_massive", "sink_ratio",
+                  "alpha_mean", "step_up_layer", "step_down_layer", "linear_input_ratio_max")
 
 
 def cell_key(identity: dict) -> str:

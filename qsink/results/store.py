@@ -12,6 +12,10 @@ from qsink.config import atomic_write_text
 from qsink.errors import QsinkError
 from qsink.results.record import SCHEMA
 
+# what the readers of each schema need in every record; MAPPINGS must be JSON objects
+REQUIRED = {SCHEMA: ("key", "status", "identity", "config", "metrics")}
+MAPPINGS = ("identity", "config", "metrics", "summary")
+
 
 class RecordStore:
     """Records live as ``DIR/<stem>__<key12>.json`` (stem: ``<model>__<scheme>`` for evaluation
@@ -21,14 +25,21 @@ class RecordStore:
         self.root = Path(root)
 
     def ensure_writable(self) -> None:
-        """Fail early, before any compute, if records cannot be written here."""
+        """Fail early, before any compute, if records cannot be written here. Creates nothing: the
+        directory is made by the first :meth:`write`, so a run that fails before its first record
+        leaves no empty folder behind."""
+        if self.root.exists() and not self.root.is_dir():
+            raise QsinkError(f"results directory {self.root} is a file; pass --out with a directory")
+        existing = next(p for p in (self.root, *self.root.absolute().parents) if p.exists())
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(dir=self.root, prefix=".probe.")
+            if not existing.is_dir():
+                raise NotADirectoryError(f"{existing} is a file")
+            fd, probe = tempfile.mkstemp(dir=existing, prefix=".qsink-probe.")  # catches read-only file systems too
             os.close(fd)
             os.unlink(probe)
         except OSError as e:
-            raise QsinkError(f"results directory {self.root} is not writable ({e.strerror}); pass --out with a directory you can write to") from None
+            raise QsinkError(f"results directory {self.root} is not writable ({e.strerror or e}); "
+                             "pass --out with a directory you can write to") from None
 
     def path_for(self, stem: str, key: str) -> Path:
         slug = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-")
@@ -51,12 +62,16 @@ class RecordStore:
 
     def write(self, record: dict, stem: str) -> Path:
         path = self.path_for(stem, record["key"])
+        self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(record, indent=2))
         return path
 
-    def load_all(self, schema: str = SCHEMA) -> list[dict]:
+    def load_all(self, schema: str = SCHEMA, required: tuple[str, ...] = ()) -> list[dict]:
+        """Every record of ``schema`` in the directory; one that lacks a part the readers need (a
+        hand-made or truncated file) is an error naming the file, never a traceback later."""
         if not self.root.is_dir():
             raise QsinkError(f"results directory {self.root} does not exist; run 'qsink evaluate --out {self.root}' first or pass --results")
+        need = required or REQUIRED.get(schema, ("key",))
         records = []
         for p in sorted(self.root.glob("*.json")):
             try:
@@ -64,5 +79,9 @@ class RecordStore:
             except (ValueError, OSError):
                 raise QsinkError(f"record {p} is not valid JSON; delete it and rerun the cell") from None
             if isinstance(rec, dict) and rec.get("schema") == schema:
+                missing = [k for k in need if not isinstance(rec.get(k), dict if k in MAPPINGS else (str, dict, list))]
+                if missing:
+                    raise QsinkError(f"record {p} has no valid {', '.join(missing)}, so qsink did not write it (or it was "
+                                     "edited); delete it and rerun its cell")
                 records.append(rec)
         return records

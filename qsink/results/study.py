@@ -25,7 +25,9 @@ import pandas as pd
 
 from qsink.config import atomic_write_text
 from qsink.errors import QsinkError
+from qsink.validate import check_file_target
 from qsink.results.leaderboard import MIN_MODELS_FOR_RHO, correlations, leaderboard
+from qsink.results.record import PROFILE_FIELDS
 from qsink.results.plots import MARKERS, _plt, plot_delta_vs_spike, plot_heatmap
 from qsink.measure.plots import save_figure
 
@@ -44,6 +46,9 @@ def study_frame(records: list[dict]) -> pd.DataFrame:
     df = leaderboard(records, sort="model")
     if df.empty:
         raise QsinkError("no evaluation records in the study directory; run 'qsink sweep RECIPE' first")
+    for col in PROFILE_FIELDS:  # records evaluated with profile_samples: 0 carry no profile; their statistics are blank
+        if col not in df.columns:
+            df[col] = np.nan
     parts = df["model"].map(split_seed)
     df["group"] = [p[0] for p in parts]
     df["seed"] = [p[1] for p in parts]
@@ -369,6 +374,8 @@ def write_study(records: list[dict], baseline: str, csv: Path | None, plots_dir:
         if not Path(f).is_file():
             raise QsinkError(f"{f} does not exist; create it with blocks such as <!-- qsink-study:headline --> "
                              "<!-- /qsink-study:headline --> where the tables go")
+    if csv:
+        check_file_target(csv, "--csv")
     df, blocks, plots = build_study(records, baseline, plots_dir=plots_dir)
     if csv:
         Path(csv).parent.mkdir(parents=True, exist_ok=True)

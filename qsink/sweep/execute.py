@@ -50,10 +50,9 @@ def _train(p: dict) -> tuple[str, str]:
 
 def _settings(p: dict):
     """The EvalSettings an evaluation job's payload carries as plain data."""
-    from qsink.evaluate.runner import EvalSettings
+    from qsink.evaluate.settings import EvalSettings
 
-    return EvalSettings(**{**p["settings"], "include": tuple(p["settings"]["include"]),
-                           "tasks": tuple(p["settings"]["tasks"])})
+    return EvalSettings(**p["settings"])
 
 
 def _evaluate(p: dict) -> tuple[str, str]:

@@ -70,7 +70,7 @@ def _train_out(out: Path, name: str, seed: int, seeds: list[int]) -> Path:
 
 def load_sweep(path: str | Path, device: str = "auto", out: str | Path | None = None) -> Sweep:
     """Parse and validate a sweep recipe into its job graph (nothing is loaded or trained)."""
-    from qsink.evaluate.recipe import LISTS, SCALARS, plan_matrix, split_names
+    from qsink.evaluate.recipe import check_recipe_keys, plan_matrix, split_names
     from qsink.train import load_recipe
 
     path = Path(path)
@@ -111,9 +111,9 @@ def load_sweep(path: str | Path, device: str = "auto", out: str | Path | None = 
     if isinstance(blocks, dict):
         blocks = [blocks]
     for i, block in enumerate(blocks):
-        bad = sorted(set(block) - set(LISTS) - set(SCALARS))
-        if bad:
-            raise QsinkError(f"sweep {path}: evaluate block {i + 1}: unknown key(s) {', '.join(bad)}")
+        if not isinstance(block, dict):
+            raise QsinkError(f"sweep {path}: evaluate block {i + 1} must be a mapping of evaluate options")
+        check_recipe_keys(block, f"{path} (evaluate block {i + 1})")
         models: list[tuple[str, str | None]] = []
         for m in split_names(block.get("models", [])):
             models += trained if m == "trained" else [(m, None)]
@@ -131,8 +131,7 @@ def load_sweep(path: str | Path, device: str = "auto", out: str | Path | None = 
                 if any(j.key == key for j in jobs):
                     raise QsinkError(f"sweep {path}: {model} [{cell.label}] appears in two evaluate blocks")
                 jobs.append(Job(key, "eval", deps, {"model": model, "scheme": cell.scheme, "handling": cell.handling,
-                                                    "settings": settings.__dict__ | {"include": list(settings.include),
-                                                                                     "tasks": list(settings.tasks)},
+                                                    "settings": settings.to_dict(),
                                                     "data": block.get("data"), "records": str(records)},
                                 resources["evaluate"]))
     if not jobs:

@@ -114,21 +114,45 @@ def _load_optimizer(model, opt, tensors: dict[str, torch.Tensor]) -> None:
             opt.state[p] = st
 
 
+def _refuse_foreign(out: Path) -> None:
+    """Raise :class:`QsinkError` if ``out`` exists and is neither an empty directory nor a qsink checkpoint."""
+    if out.exists() and not out.is_dir():
+        raise QsinkError(f"--out {out} is a file, not a checkpoint directory; choose another --out (nothing was changed)")
+    if out.is_dir() and not (out / "trainer_state.json").is_file() and any(out.iterdir()):
+        raise QsinkError(f"--out {out} holds files that are not a qsink training checkpoint; choose a new or empty "
+                         f"directory as --out (nothing was changed)")
+
+
 def save_checkpoint(out: Path, model, tok, opt, state: dict) -> None:
+    """Write a resumable checkpoint to ``out`` through a temporary directory and renames.
+
+    The previous checkpoint in ``out`` is renamed to a fresh hidden directory beside it and deleted
+    only once the new one is in place; anything else at ``out`` is refused, never replaced.
+
+    Raises:
+        QsinkError: ``out`` is a file, or a non-empty directory without ``trainer_state.json``.
+    """
+    out = out.resolve() if out.is_symlink() else out  # write into the link's target; the link stays
+    _refuse_foreign(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    old = None
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         save_file(_optimizer_tensors(model, opt), tmp / "optimizer.safetensors")
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-        old = out.with_name(f".{out.name}.old")
+        _refuse_foreign(out)  # again: the directory may have changed while the weights were written
         if out.exists():
-            os.replace(out, old)
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))  # a fresh name: clobbers nothing
+            os.replace(out, old)  # a directory may replace an empty one
         os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.is_dir() and not any(old.iterdir()):
+            old.rmdir()  # a rename that failed leaves the fresh name empty; a moved checkpoint is kept
 
 
 @torch.no_grad()
@@ -182,6 +206,7 @@ def train(r: TrainRecipe, out: Path, resume: bool = False, device: str = "cpu", 
         raise QsinkError(f"--resume: {out} holds no checkpoint to resume from; drop --resume to start fresh")
     if not resume and state_file.is_file():
         raise QsinkError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    _refuse_foreign(out)
     texts = [resolve_data(d, None, log=log) for d in r.data]
     tok = train_tokenizer(texts, r.vocab_size, log=log, kind=r.tokenizer)
     stream = TokenStream(torch.tensor([t for text in texts for t in tokenize(tok, text.text)], dtype=torch.int32), tok.bos_token_id)

@@ -56,3 +56,45 @@ def test_tokenization_is_remembered_per_tokenizer_and_content(monkeypatch):
     assert not torch.equal(make_windows(tok, other, ctx=16).input_ids, b.input_ids) and len(calls) == 2
     w = make_windows(tok_bos, TEXT, ctx=16)  # another tokenizer (adds BOS): its own entry
     assert len(calls) == 3 and w.input_ids[:, 1:].flatten().tolist() == real(tok_bos, SAMPLE_TEXT)[: w.n_windows * 15]
+
+
+def _mixed_text(n_lines: int) -> str:
+    """Lines of varied prose, digits, punctuation and non-ASCII, so that cuts meet every kind of token."""
+    words = SAMPLE_TEXT.split()
+    return "\n".join(f"{i}. « {' '.join(words[i % 50: i % 50 + 7])} » — naïve café {i * 37 % 1000}!" + ("\n" if i % 9 == 0 else "")
+                     for i in range(n_lines))
+
+
+@pytest.mark.parametrize("n_tokens", [100, 1000, 5000])
+def test_a_prefix_gives_the_same_tokens_as_the_whole_text(n_tokens):
+    tok = make_tokenizer(False)
+    text = _mixed_text(4000)
+    whole = tokenize(tok, text)
+    assert len(whole) > n_tokens + 1000
+    prefix = windows_mod.prefix_ids(tok, text, n_tokens)
+    assert prefix.tolist() == whole[:n_tokens]
+    assert windows_mod.prefix_ids(tok, text, len(whole)) is None  # the text cannot give that many plus the margin
+
+
+def test_a_prefix_gives_the_same_tokens_with_a_real_tokenizer(smollm2):
+    _, tok = smollm2
+    text = _mixed_text(3000)
+    whole = tokenize(tok, text)
+    for n in (512, 4096):
+        assert windows_mod.prefix_ids(tok, text, n).tolist() == whole[:n]
+
+
+def test_a_large_text_with_max_tokens_is_read_as_a_prefix(monkeypatch):
+    """The windows are those of the whole text; only a prefix is tokenized (the full count is then unknown)."""
+    tok = make_tokenizer(True)
+    text = Text("big", _mixed_text(4000), "1" * 64)
+    full = make_windows(tok, text, ctx=32, max_tokens=2000)
+    calls = []
+    real = windows_mod.tokenize
+    monkeypatch.setattr(windows_mod, "tokenize", lambda t, s: calls.append(len(s)) or real(t, s))
+    monkeypatch.setattr(windows_mod, "LARGE_TEXT_CHARS", 10_000)
+    part = make_windows(tok, text, ctx=32, max_tokens=2000)
+    assert torch.equal(part.input_ids, full.input_ids)
+    assert part.n_used_tokens == full.n_used_tokens and part.n_text_tokens is None
+    assert full.n_text_tokens > 10_000
+    assert calls and max(calls) < len(text.text) / 2

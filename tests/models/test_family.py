@@ -170,3 +170,50 @@ def test_rewrites_preserve_the_function_for_every_norm(norm, handling):
         assert report["handling"]["mode"] == ("residual" if norm in ("prenorm-rmsnorm", "qknorm") else "online")
         if norm not in ("prenorm-rmsnorm", "qknorm"):  # every block linear reads a rotated input
             assert len(report["handling"]["online_linears"]) == 8
+
+
+@pytest.mark.parametrize("kw, expect", [
+    ({"hidden_size": 64, "num_attention_heads": 5}, "hidden_size 64 is not divisible by num_attention_heads 5; use a head count"),
+    ({"hidden_size": 48, "num_attention_heads": 16}, "head_dim 3 is odd, but RoPE rotates channel pairs"),
+    ({"head_dim": 7}, "head_dim 7 is odd"),
+    ({"head_dim": 0}, "head_dim must be at least 2, not 0"),
+    ({"hidden_size": 0}, "hidden_size must be at least 1, not 0"),
+    ({"num_attention_heads": 0}, "num_attention_heads must be at least 1, not 0"),
+    ({"num_hidden_layers": 0}, "num_hidden_layers must be at least 1, not 0"),
+    ({"intermediate_size": 0}, "intermediate_size must be at least 1, not 0"),
+    ({"vocab_size": 0}, "vocab_size must be at least 1, not 0"),
+    ({"hidden_size": "64"}, "hidden_size must be a whole number, not '64'"),
+    ({"hidden_size": 64.0}, "hidden_size must be a whole number, not 64.0"),
+    ({"num_hidden_layers": True}, "num_hidden_layers must be a whole number, not True"),
+    ({"rope_theta": "big"}, "rope_theta must be a number, not 'big'"),
+    ({"rope_theta": 0}, "rope_theta must be more than 0, not 0"),
+    ({"norm_eps": -1e-6}, "norm_eps must be at least 0, not -1e-06"),
+    ({"vscale": "no"}, "vscale must be true or false, not 'no'"),
+    ({"tie_word_embeddings": 1}, "tie_word_embeddings must be true or false, not 1"),
+    ({"num_key_value_heads": 2}, "no grouped-query attention"),
+    ({"norm": "rms"}, "unknown norm 'rms'; choose from"),
+])
+def test_config_refuses_what_cannot_build_a_model(kw, expect):
+    import re
+
+    with pytest.raises(QsinkError, match=re.escape(expect)):
+        QsinkConfig(**{"hidden_size": 48, "num_attention_heads": 4, **kw})
+
+
+def test_config_head_dim_set_independently_builds_and_round_trips(tmp_path):
+    """An explicit (even) head_dim needs no division of the width; the saved config loads back,
+    and a saved config edited into an impossible one is refused on load with the same message."""
+    import json
+
+    cfg = QsinkConfig(vocab_size=50, hidden_size=64, num_hidden_layers=1, num_attention_heads=5, head_dim=16)
+    model = QsinkForCausalLM(cfg).eval()
+    ids = torch.randint(0, 50, (1, 7))
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    back = AutoModelForCausalLM.from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, back(input_ids=ids).logits)
+    assert QsinkConfig().head_dim == 64 and QsinkConfig(hidden_size=48, num_attention_heads=4).num_key_value_heads == 4
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "head_dim": 15}))
+    with pytest.raises(QsinkError, match="head_dim 15 is odd"):
+        AutoConfig.from_pretrained(tmp_path)

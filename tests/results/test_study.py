@@ -125,3 +125,19 @@ def test_study_command_end_to_end(tmp_path, capsys):
     code, _, err = run(["study", str(tmp_path / "records"), "--baseline", "bb-base", "--fill", str(tmp_path / "no.md")], capsys)
     assert code == 2 and "does not exist" in err
 
+
+
+def test_records_without_a_profile_make_a_study_with_blank_statistics(tmp_path, capsys):
+    """Records of ``profile_samples: 0`` carry no profile: the tables still come, spike columns blank."""
+    store = RecordStore(tmp_path / "records")
+    for i, r in enumerate(planted_records()):
+        r.pop("profile")
+        store.write(r, f"r{i}")
+    plots = tmp_path / "plots"
+    code, out, err = run(["study", str(tmp_path / "records"), "--baseline", "bb-base", "--plots", str(plots)], capsys)
+    assert code == 0, err
+    _, blocks, _ = build_study(RecordStore(tmp_path / "records").load_all(), "bb-base")
+    base = next(l for l in blocks["variants"].splitlines() if l.startswith("| bb-base |"))
+    assert "+5.00 [+4.00, +6.00]" in base  # the Δppl numbers are there ...
+    head = next(l for l in blocks["headline"].splitlines() if l.startswith("| bb-base |"))
+    assert head.split("|")[4].strip() == "-"  # ... and the spike is blank, not made up

@@ -232,3 +232,146 @@ def test_decay_embeddings_switch():
         assert any(p is emb for p in decay["params"]) is flag and any(p is emb for p in rest["params"]) is not flag
         assert decay["weight_decay"] == 0.1 and rest["weight_decay"] == 0.0
         assert all(p.dim() >= 2 for p in decay["params"]) and any(p.dim() == 1 for p in rest["params"])
+
+
+def _siblings(path):
+    """Everything beside ``path`` in its folder (hidden names included), with the files' contents."""
+    return {p.name: p.read_text() if p.is_file() else sorted(c.name for c in p.iterdir()) for p in path.parent.iterdir()}
+
+
+def test_out_dir_with_other_files_is_refused_and_kept(sample_text_file, tmp_path):
+    out = tmp_path / "runs" / "d"
+    out.mkdir(parents=True)
+    (out / "precious.txt").write_text("x")
+    before = _siblings(out)
+    with pytest.raises(QsinkError, match="not a qsink training checkpoint; choose a new or empty directory"):
+        train(tiny_recipe(sample_text_file, steps=2), out, log=lambda m: None)
+    assert _siblings(out) == before == {"d": ["precious.txt"]}
+    assert (out / "precious.txt").read_text() == "x"
+
+
+def test_out_that_is_a_file_is_refused_and_kept(sample_text_file, tmp_path):
+    out = tmp_path / "runs" / "f"
+    out.parent.mkdir()
+    out.write_text("keep me")
+    with pytest.raises(QsinkError, match="is a file, not a checkpoint directory; choose another --out"):
+        train(tiny_recipe(sample_text_file, steps=2), out, log=lambda m: None)
+    assert _siblings(out) == {"f": "keep me"}  # no hidden .f.old beside it
+
+
+def test_empty_out_dir_is_used(sample_text_file, tmp_path):
+    out = tmp_path / "runs" / "empty"
+    out.mkdir(parents=True)
+    res = train(tiny_recipe(sample_text_file, steps=2, eval_every=2, ckpt_every=2), out, log=lambda m: None)
+    assert res.step == 2 and json.loads((out / "trainer_state.json").read_text())["step"] == 2
+    assert sorted(_siblings(out)) == ["empty"]  # no temporary or old directories left behind
+
+
+def test_cli_train_refuses_an_out_dir_with_other_files(sample_text_file, tmp_path, capsys):
+    from tests.conftest import run_cli
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"name: cli\ndata: ['file:{sample_text_file}']\nval_data: 'file:{sample_text_file}'\nvocab_size: 300\n"
+        "seq_len: 32\nbatch_size: 4\nsteps: 3\nwarmup: 1\neval_batches: 1\n"
+        "model: {hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2}\n")
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "precious.txt").write_text("x")
+    code, _, err = run_cli(["train", str(recipe), "--out", str(out), "--steps", "2", "--device", "cpu"], capsys)
+    assert code == 2 and "error:" in err and "not a qsink training checkpoint" in err
+    assert sorted(p.name for p in out.iterdir()) == ["precious.txt"] and (out / "precious.txt").read_text() == "x"
+
+
+def test_save_checkpoint_replaces_only_checkpoints(tmp_path):
+    """save_checkpoint itself refuses files and foreign directories, and its rename of the previous
+    checkpoint clobbers nothing, not even a user's ``.NAME.old``."""
+    from qsink.models.family import QsinkConfig, QsinkForCausalLM
+    from qsink.train.loop import save_checkpoint
+    from tests.conftest import make_tokenizer
+
+    tok = make_tokenizer(True)
+    model = QsinkForCausalLM(QsinkConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2))
+    opt = torch.optim.AdamW(model.parameters())
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("x")
+    (tmp_path / "file").write_text("y")
+    for out in (tmp_path / "foreign", tmp_path / "file"):
+        with pytest.raises(QsinkError, match="--out"):
+            save_checkpoint(out, model, tok, opt, {"step": 1})
+    (tmp_path / ".run.old").write_text("mine")  # a user's file with the name the old checkpoint once took
+    (tmp_path / ".run.old.d").mkdir()
+    (tmp_path / ".run.old.d" / "z").write_text("mine too")
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path / "run", model, tok, opt, {"step": step})
+    assert json.loads((tmp_path / "run" / "trainer_state.json").read_text())["step"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.old", ".run.old.d", "file", "foreign", "run"]
+    assert (tmp_path / ".run.old").read_text() == "mine" and (tmp_path / ".run.old.d" / "z").read_text() == "mine too"
+    assert (tmp_path / "foreign" / "notes.txt").read_text() == "x" and (tmp_path / "file").read_text() == "y"
+
+
+@pytest.mark.parametrize("key, yaml_value, expect", [
+    ("lr", "fast", "must be a number"),
+    ("lr", "1e-3", "YAML reads 1e-3 as text"),
+    ("seq_len", "abc", "must be a whole number"),
+    ("steps", "10.5", "must be a whole number"),
+    ("decay_embeddings", "maybe", "must be true or false"),
+    ("name", "12", "must be a string"),
+    ("data", "austen:train", "must be a list of strings"),
+    ("betas", "[0.9, x]", "must be a list of numbers"),
+    ("model", "[1]", "must be a mapping"),
+    ("loss_max", "x", "must be a whole number (or null)"),
+    ("warmup", "", "must be a whole number"),  # an empty value is null
+    ("lr", "0", "must be more than 0"),
+    ("lr", "-1.0", "must be more than 0"),
+    ("warmup", "-1", "must be at least 0"),
+    ("weight_decay", "-0.1", "must be at least 0"),
+    ("eval_every", "0", "must be at least 1"),
+    ("ckpt_every", "0", "must be at least 1"),
+    ("eval_batches", "0", "must be at least 1"),
+    ("threads", "0", "must be at least 1"),
+    ("max_minutes", "0", "must be more than 0"),
+    ("betas", "[0.9]", "two numbers in"),
+])
+def test_recipe_values_of_the_wrong_type_or_range_are_refused(tmp_path, key, yaml_value, expect):
+    import re
+
+    import yaml
+
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: x\n{key}: {yaml_value}\n")
+    value = yaml.safe_load(path.read_text())[key]
+    pattern = f"recipe {re.escape(str(path))}: {key} .*{re.escape(expect)}"
+    with pytest.raises(QsinkError, match=pattern):
+        load_recipe(path)
+    with pytest.raises(QsinkError, match=re.escape(expect)):
+        TrainRecipe(**{key: value})
+
+
+def test_recipe_values_that_are_fine_pass():
+    r = TrainRecipe(lr=1, warmup=0, weight_decay=0, threads=None, max_minutes=0.5, loss_max=None, betas=[0, 0.5])
+    assert r.lr == 1 and r.max_minutes == 0.5
+
+
+@pytest.mark.parametrize("model, expect", [
+    ({"hidden_sise": 64}, "unknown key 'hidden_sise'; did you mean 'hidden_size'? valid keys: "),
+    ({"num_heads": 2}, "unknown key 'num_heads'; did you mean 'num_attention_heads'?"),
+    ({"vocab_size": 64}, "vocab_size cannot be set in a recipe"),
+    ({"max_position_embeddings": 64}, "max_position_embeddings cannot be set in a recipe, it follows seq_len"),
+    ({"hidden_size": "64"}, "hidden_size must be a whole number, not '64'"),
+    ({"vscale": "no"}, "vscale must be true or false, not 'no'"),
+    ({"hidden_size": 64, "num_attention_heads": 5}, "hidden_size 64 is not divisible by num_attention_heads 5"),
+    ({"norm": "rms"}, "unknown norm 'rms'"),
+])
+def test_recipe_model_block_is_checked(tmp_path, model, expect):
+    import re
+
+    import yaml
+
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "model": model}))
+    with pytest.raises(QsinkError, match=f"recipe .*{re.escape(expect)}"):
+        load_recipe(path)
+    if "hidden_sise" in model:  # the valid keys are listed
+        with pytest.raises(QsinkError, match="num_hidden_layers, rope_theta"):
+            TrainRecipe(model=model)

@@ -9,11 +9,29 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from qsink.errors import QsinkError
+from qsink.validate import above, at_least, check_value
+
 NORMS = ("prenorm-rmsnorm", "sandwich", "qknorm", "sandwich-qk", "dyt", "postnorm", "layernorm")
 GATES = ("none", "head", "channel", "static-head")
 FFNS = ("swiglu", "gelu", "linear", "none")
 SOFTMAXES = ("standard", "softmax1", "clipped")
 SWITCHES = ("norm", "gate", "vscale", "ffn", "softmax")  # the config fields a variant changes
+
+# field -> (type, smallest allowed value or None); QsinkConfig.check reads it
+FIELD_TYPES: dict[str, tuple[object, float | None]] = {
+    "vocab_size": (int, 1), "hidden_size": (int, 1), "num_hidden_layers": (int, 1), "num_attention_heads": (int, 1),
+    "num_key_value_heads": (int, 1), "head_dim": (int | None, 2), "intermediate_size": (int | None, 1),
+    "max_position_embeddings": (int, 1), "rope_theta": (float, None), "vscale": (bool, None), "clip_gamma": (float, None),
+    "clip_zeta": (float, None), "dyt_alpha_init": (float, None), "norm_eps": (float, 0), "initializer_range": (float, 0),
+    "tie_word_embeddings": (bool, None),
+}
+
+
+def _head_counts(hidden_size: int) -> str:
+    """Head counts up to 64 that split ``hidden_size`` into even head widths, for error messages."""
+    counts = [h for h in range(1, min(hidden_size, 64) + 1) if hidden_size % h == 0 and hidden_size // h % 2 == 0]
+    return "e.g. " + ", ".join(map(str, counts)) if counts else "none exists for an odd hidden_size; make it even"
 
 
 class QsinkConfig(PretrainedConfig):
@@ -48,25 +66,60 @@ class QsinkConfig(PretrainedConfig):
         for name, value, allowed in (("norm", norm, NORMS), ("gate", gate, GATES), ("ffn", ffn, FFNS),
                                      ("softmax", softmax, SOFTMAXES)):
             if value not in allowed:
-                raise ValueError(f"unknown {name} {value!r}; choose from {', '.join(allowed)}")
+                raise QsinkError(f"model config: unknown {name} {value!r}; choose from {', '.join(allowed)}")
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.num_attention_heads = num_attention_heads
-        self.num_key_value_heads = num_attention_heads
-        self.head_dim = head_dim or hidden_size // num_attention_heads
-        if intermediate_size is None:
-            intermediate_size = (8 * hidden_size // 3 + 63) // 64 * 64 if ffn == "swiglu" else 4 * hidden_size
+        self.num_key_value_heads = kwargs.pop("num_key_value_heads", num_attention_heads)  # saved configs carry it
+        self.head_dim = head_dim
         self.intermediate_size = intermediate_size
         self.max_position_embeddings = max_position_embeddings
         self.rope_theta = rope_theta
-        self.norm, self.gate, self.vscale, self.ffn, self.softmax = norm, gate, bool(vscale), ffn, softmax
+        self.norm, self.gate, self.vscale, self.ffn, self.softmax = norm, gate, vscale, ffn, softmax
         self.clip_gamma, self.clip_zeta = clip_gamma, clip_zeta
         self.dyt_alpha_init = dyt_alpha_init
         self.norm_eps = norm_eps
         self.initializer_range = initializer_range
+        self.tie_word_embeddings = tie_word_embeddings
+        self.check()
+        if head_dim is None:
+            self.head_dim = hidden_size // num_attention_heads
+        if intermediate_size is None:
+            self.intermediate_size = (8 * hidden_size // 3 + 63) // 64 * 64 if ffn == "swiglu" else 4 * hidden_size
         super().__init__(tie_word_embeddings=tie_word_embeddings, bos_token_id=bos_token_id,
                          eos_token_id=eos_token_id, pad_token_id=pad_token_id, **kwargs)
+
+    def _check_values(self) -> None:
+        """Each field's type and lower bound (:data:`FIELD_TYPES`)."""
+        for name, (kind, low) in FIELD_TYPES.items():
+            value = getattr(self, name)
+            check_value(name, value, kind, "model config: ")
+            if low is not None:
+                at_least("model config: ", **{name: (value, low)})
+
+    def check(self) -> None:
+        """Raise :class:`QsinkError` unless the fields build a model.
+
+        Beyond types and lower bounds (:data:`FIELD_TYPES`) the modeling code needs whole heads
+        (``hidden_size`` divisible by ``num_attention_heads`` unless ``head_dim`` is set), an even
+        head width (RoPE rotates channel pairs), one key/value head per query head (no grouped-query
+        attention) and a positive ``rope_theta``.
+        """
+        self._check_values()
+        D, H = self.hidden_size, self.num_attention_heads
+        if self.head_dim is None and D % H:
+            raise QsinkError(f"model config: hidden_size {D} is not divisible by num_attention_heads {H}; use a head "
+                             f"count that divides it ({_head_counts(D)}) or set head_dim")
+        d = D // H if self.head_dim is None else self.head_dim
+        if d % 2:
+            raise QsinkError(f"model config: head_dim {d} is odd, but RoPE rotates channel pairs; use a head count "
+                             f"that leaves an even head_dim ({_head_counts(D)}) or set an even head_dim")
+        if self.num_key_value_heads != H:
+            raise QsinkError(f"model config: num_key_value_heads {self.num_key_value_heads} differs from "
+                             f"num_attention_heads {H}; qsink models have no grouped-query attention, so leave "
+                             f"num_key_value_heads out")
+        above("model config: ", rope_theta=(self.rope_theta, 0))
 
     @property
     def sandwich(self) -> bool:
