@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -40,11 +41,25 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def sha256_cached(path: Path) -> str:
-    """sha256 of a file, remembered in the cache by (path, size, mtime) so large files hash once."""
+def sha256_cached(path: Path, settle_ns: int = 2_000_000_000) -> str:
+    """sha256 of a file, remembered in ``$QSINK_HOME/hashes.json`` so a large file is read once.
+
+    The memo is keyed by path, size, mtime, ctime and inode. A user can put an edited file's mtime
+    back (``touch -d``) but not its ctime, which the kernel sets on every change, so an edited or
+    replaced file never matches a remembered entry.
+
+    Args:
+        path: the file to hash.
+        settle_ns: a file whose ctime is this recent is hashed but not remembered: timestamps advance
+            in coarse ticks, so a second change within the tick of the first would leave them as they were.
+
+    Returns:
+        The hex sha256 of the file's current contents.
+    """
     path = Path(path).resolve()
+    started = time.time_ns()
     st = path.stat()
-    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    key = f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
     store = qsink_home() / "hashes.json"
     try:
         known = json.loads(store.read_text())
@@ -53,6 +68,9 @@ def sha256_cached(path: Path) -> str:
     if key in known:
         return known[key]
     digest = sha256_file(path)
+    if st.st_ctime_ns > started - settle_ns:
+        return digest
+    known = {k: v for k, v in known.items() if not k.startswith(f"{path}|")}  # entries for older contents
     known[key] = digest
     try:
         store.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,8 @@ A spec is one of:
 
 * a built-in name (``qsink models`` lists them);
 * a ``.gguf`` file: transformers dequantizes it to float once (slow: ~25 s for SmolLM2 here),
-  and qsink caches the result as safetensors in ``$QSINK_HOME/models/gguf-<sha256>/``;
+  and qsink caches the result as safetensors in ``$QSINK_HOME/models/gguf-<sha256>/``, checked
+  against the sha256 of each file on every use and rebuilt when damaged;
 * a Hugging Face checkpoint directory with ``config.json`` and safetensors weights. Pickle
   weights (``.bin``, ``.pt``) are refused: loading them can run arbitrary code.
 
@@ -14,7 +15,10 @@ before any model is loaded.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -24,13 +28,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from qsink.config import qsink_home, sha256_cached
+from qsink.config import qsink_home, sha256_cached, sha256_file
 from qsink.errors import QsinkError
 from qsink.models.zoo import BUILTINS
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
           "fp16": "float16", "float16": "float16"}
+SOURCE_FILE = "qsink-source.json"  # in a GGUF cache: the GGUF it came from and the sha256 of every other file
 
 
 @dataclass(frozen=True)
@@ -125,18 +130,145 @@ def check_safetensors(path: Path) -> None:
 
 
 def gguf_cache_dir(resolved: ResolvedModel) -> Path:
+    """Where the safetensors copy of a GGUF model is cached: ``$QSINK_HOME/models/gguf-<sha16>``."""
     return qsink_home() / "models" / f"gguf-{resolved.sha256[:16]}"
 
 
 def _convert_gguf(resolved: ResolvedModel, log=print) -> Path:
-    """Dequantize a GGUF file once into a cached safetensors checkpoint directory."""
+    """The safetensors cache of a GGUF model, verified file by file, converted or rebuilt if needed.
+
+    A cache is used only when every file in it still has the sha256 recorded when it was written. A
+    missing, damaged or unverifiable cache is (re)built from the GGUF under a per-model lock, so
+    concurrent runs convert once: the others wait, then find the finished cache.
+
+    Args:
+        resolved: a built-in or ``.gguf`` model.
+        log: called with one line when the cache is built, rebuilt or waited for.
+
+    Returns:
+        The cache directory.
+
+    Raises:
+        QsinkError: the GGUF cannot be converted (naming a damaged cache to delete, if there is one).
+    """
     out = gguf_cache_dir(resolved)
-    if (out / "qsink-source.json").is_file():
+    if _cache_problem(out, resolved) is None:
         return out
+    with _conversion_lock(out, log):
+        _sweep_stale_temps(out)
+        problem = _cache_problem(out, resolved)  # another process may have built it while we waited
+        if problem is not None:
+            _rebuild(resolved, out, problem, log)
+    return out
+
+
+def _cache_problem(out: Path, resolved: ResolvedModel) -> str | None:
+    """Why the cache ``out`` cannot be used for ``resolved``, or ``None`` when every file checks out.
+
+    Hashes go through :func:`sha256_cached`, so an unchanged cache is re-verified without re-reading it.
+    """
+    try:
+        meta = json.loads((out / SOURCE_FILE).read_text())
+    except FileNotFoundError:
+        return f"{SOURCE_FILE} is missing"
+    except (OSError, ValueError) as e:
+        return f"{SOURCE_FILE} is unreadable ({type(e).__name__})"
+    files = meta.get("files") if isinstance(meta, dict) else None
+    if not isinstance(files, dict) or not files:
+        return f"{SOURCE_FILE} records no file hashes (written by an older qsink)"
+    if meta.get("sha256") != resolved.sha256:
+        return "it was converted from a different GGUF"
+    for name, digest in files.items():
+        if not (out / name).is_file():
+            return f"{name} is missing"
+        if sha256_cached(out / name) != digest:
+            return f"{name} has changed since it was written"
+    extra = sorted(set(_cache_files(out)) - set(files))
+    return f"{extra[0]} was not written by qsink" if extra else None
+
+
+def _cache_files(folder: Path) -> list[str]:
+    """Relative paths of the files under ``folder`` that :data:`SOURCE_FILE` records hashes of."""
+    return sorted(rel for p in folder.rglob("*") if p.is_file() and (rel := p.relative_to(folder).as_posix()) != SOURCE_FILE)
+
+
+@contextlib.contextmanager
+def _conversion_lock(out: Path, log=print):
+    """Hold ``models/.gguf-<sha16>.lock`` (``flock``, released when the process dies) for converting ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(_lock_path(out), "a") as f:
+        if not _try_lock(f):
+            log(f"waiting for another qsink process to finish converting {out} ...")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _lock_path(out: Path) -> Path:
+    """The lock file beside a cache directory: ``models/.gguf-<sha16>.lock``."""
+    return out.parent / f".{out.name}.lock"
+
+
+def _try_lock(f) -> bool:
+    """Take an exclusive ``flock`` on the open file ``f`` if nobody holds one; never wait."""
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _sweep_stale_temps(out: Path) -> None:
+    """Remove the temp dirs (``.gguf-<sha16>.XXXX``) of conversions that were killed before cleaning up.
+
+    Called with ``out``'s lock held, so ``out``'s own temp dirs are stale; another model's are stale
+    when its lock is free (a conversion in progress holds it).
+    """
+    for tmp in out.parent.glob(".gguf-*.*"):
+        if not tmp.is_dir() or tmp.is_symlink():
+            continue  # the lock files
+        cache = out.parent / tmp.name.split(".")[1]
+        if cache == out:
+            shutil.rmtree(tmp, ignore_errors=True)
+            continue
+        with open(_lock_path(cache), "a") as f:
+            if _try_lock(f):
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _rebuild(resolved: ResolvedModel, out: Path, problem: str, log=print) -> None:
+    """Convert ``resolved`` into ``out``, replacing a damaged cache there; one log line says which."""
+    damaged = out.exists() or out.is_symlink()
+    if damaged:
+        log(f"the cached copy {out} is damaged ({problem}); rebuilding it from {resolved.source.name} ...")
+    else:
+        log(f"converting {resolved.source.name} to a cached safetensors copy in {out} (once; ~30 s for 135M) ...")
+    try:
+        _write_cache(resolved, out)
+    except (QsinkError, OSError) as e:
+        if not damaged:
+            raise
+        raise QsinkError(f"the cached copy {out} is damaged ({problem}) and rebuilding it failed ({e}); delete {out} and rerun") from None
+
+
+def _write_cache(resolved: ResolvedModel, out: Path) -> None:
+    """Dequantize the GGUF into a temp dir beside ``out``, record every file's sha256, move it into place."""
+    model, tok = _dequantize(resolved)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        files = {name: sha256_file(tmp / name) for name in _cache_files(tmp)}
+        (tmp / SOURCE_FILE).write_text(json.dumps({**resolved.to_dict(), "files": files}, indent=2))
+        _install(tmp, out, resolved)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _dequantize(resolved: ResolvedModel):
+    """``(model, tokenizer)`` read from the GGUF by transformers, in float32, ready for ``save_pretrained``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log(f"converting {resolved.source.name} to a cached safetensors copy in {out} (once; ~30 s for 135M) ...")
     folder, name = str(resolved.source.parent), resolved.source.name
     try:
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -147,16 +279,28 @@ def _convert_gguf(resolved: ResolvedModel, log=print) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    return model, tok
+
+
+def _install(tmp: Path, out: Path, resolved: ResolvedModel) -> None:
+    """Rename the finished ``tmp`` to ``out``. A valid cache found there (written meanwhile by a qsink
+    that takes no lock) is kept and ``tmp`` left for the caller to discard; a damaged one is replaced."""
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        (tmp / "qsink-source.json").write_text(json.dumps(resolved.to_dict(), indent=2))
         os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+            raise QsinkError(f"could not move the converted copy into {out} ({e}); check that {out.parent} is writable") from None
+        if _cache_problem(out, resolved) is not None:
+            _remove(out)
+            os.replace(tmp, out)
+
+
+def _remove(path: Path) -> None:
+    """Delete a damaged cache, whether a directory, a file or a link."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def checkpoint_dir(resolved: ResolvedModel, log=print) -> Path:
@@ -245,7 +389,8 @@ def load(spec: str | ResolvedModel, dtype: str = "fp32", device: str = "auto", t
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise QsinkError(f"{folder} has no usable tokenizer ({_first_line(e)}); save one with tokenizer.save_pretrained") from None
+        advice = "save one with tokenizer.save_pretrained" if resolved.kind == "hf" else f"delete {folder} and rerun to rebuild it"
+        raise QsinkError(f"{folder} has no usable tokenizer ({_first_line(e)}); {advice}") from None
     if where != "map":
         model.to(where)
     model.eval()
