@@ -51,6 +51,17 @@ def bnb_linear(linear: nn.Linear, kind: str, threshold: float | None) -> nn.Modu
     return m.to(linear.weight.device).eval()
 
 
+def kernel_dtype_4bit(device) -> str:
+    """What bitsandbytes' 4-bit matmul computes in on ``device``.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.49 on) runs a fused kernel that casts activations and
+    scales to bf16 whatever the layer's ``compute_dtype``; elsewhere it dequantizes and computes in
+    fp32. The level tables are the same either way; only the matmul's precision differs.
+    """
+    fused = getattr(_bnb().functional, "has_avx512bf16", lambda: False)
+    return "bfloat16" if torch.device(device).type == "cpu" and fused() else "float32"
+
+
 def to_bnb_(model: nn.Module, scheme_name: str, handling: str = "none") -> dict:
     """Replace every linear in the blocks with its bitsandbytes counterpart, in place."""
     check(scheme_name, handling)
@@ -62,4 +73,7 @@ def to_bnb_(model: nn.Module, scheme_name: str, handling: str = "none") -> dict:
             ad.set_module(block, name, bnb_linear(lin, kind, threshold))
             n += 1
     model.eval()
-    return {"backend": "bnb", "bnb_version": _bnb().__version__, "module": kind, "threshold": threshold, "n_linears": n}
+    report = {"backend": "bnb", "bnb_version": _bnb().__version__, "module": kind, "threshold": threshold, "n_linears": n}
+    if kind != "int8":
+        report["kernel_dtype"] = kernel_dtype_4bit(next(model.parameters()).device)
+    return report
