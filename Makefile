@@ -6,7 +6,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.qsink-installed
 
-.PHONY: install demo test study clean
+.PHONY: install demo test study study-tables clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: install
 # then the leaderboard, plots and the tables inside results/README.md and README.md.
 study: install
 	$(BIN)/qsink sweep recipes/study-cpu.yaml
+	$(MAKE) study-tables
+
+# the tables, CSV and plots alone, from the committed records (seconds; no training or evaluation)
+study-tables: install
 	$(BIN)/qsink study results/study-cpu/records --baseline bb-baseline --csv results/leaderboard.csv \
 		--plots results/plots --fill results/README.md --fill README.md
 

@@ -8,18 +8,39 @@ fastest pass, so a background hiccup does not decide the ratio.
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
 import platform
+import resource
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from qsink.config import atomic_write_text
-from qsink.data.windows import adds_bos, make_windows
-from qsink.measure.profiler import ProfileSettings, profile
-from qsink.results.record import env_info
+from qsink.data import load_corpus
+from qsink.data.windows import make_windows, tokens_for
+from qsink.evaluate.perplexity import perplexity
+from qsink.evaluate.plan import Cell
+from qsink.evaluate.quantized import calibration_for, quantize_for
+from qsink.evaluate.settings import EvalSettings
+from qsink.files import atomic_write_text
+from qsink.measure.collect import profile
+from qsink.measure.options import ProfileSettings
+from qsink.models import load
+from qsink.models.family import QsinkConfig, QsinkForCausalLM
+from qsink.quant import SCHEMES
+from qsink.records import env_info
+from qsink.train import load_recipe, train
+
+
+def bench_inputs(model: str, device: str = "auto", log=print):
+    """The model, its tokenizer and the held-out Austen text every benchmark runs on."""
+    m, tok = load(model, device=device, log=log)
+    return m, tok, load_corpus("austen", "test", log=log)
 
 
 def machine() -> dict:
@@ -68,18 +89,13 @@ def bench_measure(model, tok, text, samples: int = 16, ctx: int = 512, repeats: 
 def bench_quant(model, tok, text, calib_text, cells=(("w8a8", "none"), ("w4a4", "hadamard")), windows_n: int = 8,
                 ctx: int = 512, repeats: int = 2, batch_size: int = 4, log=print) -> dict:
     """Perplexity wall time of each quantized cell / fp, on the same windows (preparation excluded)."""
-    import copy
-
-    from qsink.evaluate.perplexity import perplexity
-    from qsink.quant import get_scheme, quantize_
-    from qsink.quant.calibration import calibration_windows
-
     windows = make_windows(tok, text, ctx, max_tokens=windows_n * ctx)
-    calib = calibration_windows(tok, calib_text, 4, ctx)
+    settings = EvalSettings(ctx=ctx)
+    calib = calibration_for(tok, settings, calib_text)
     models = {"fp": model}
     for scheme, handling in cells:
         m = copy.deepcopy(model)
-        quantize_(m, get_scheme(scheme), handling, calib, tok, sqnr=False)
+        quantize_for(m, tok, Cell(scheme, handling), settings, calib, sqnr=False)
         models[f"{scheme}+{handling}"] = m
     perplexity(model, tok, make_windows(tok, text, ctx, max_tokens=ctx), batch_size)  # warm-up
     times = {k: [] for k in models}
@@ -112,14 +128,11 @@ def bench_ppl(model, tok, text, windows_n: int = 8, ctx: int = 512, repeats: int
     document (its own windows: ``ctx`` tokens each, the first conditioned on its prefix token) is
     timed too.
     """
-    import math
-
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from qsink.evaluate.perplexity import perplexity
 
-    windows = make_windows(tok, text, ctx, max_tokens=windows_n * (ctx - 1 if adds_bos(tok) else ctx))
+    windows = make_windows(tok, text, ctx, max_tokens=tokens_for(tok, windows_n, ctx))
     ids = windows.input_ids.tolist()
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size, max_length=ctx)
     requests = [(None, w[:1], w[1:]) for w in ids]
@@ -181,10 +194,6 @@ def matmul_peak_gflops(n: int = 1024, repeats: int = 5) -> float:
 
 def bench_train(recipe, steps: int = 20, log=print) -> dict:
     """qsink's training step vs a minimal plain PyTorch loop on the same model, batch and data."""
-    import tempfile
-
-    from qsink.models.family import QsinkConfig, QsinkForCausalLM
-    from qsink.train import train
 
     r = recipe
 
@@ -230,8 +239,6 @@ def bench_train(recipe, steps: int = 20, log=print) -> dict:
 
 def peak_rss_mib() -> float:
     """The peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
-    import resource
-    import sys
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
@@ -243,3 +250,26 @@ def write_json(doc: dict, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(path, json.dumps(doc, indent=2))
+
+
+def bench_all(model: str, recipe: Path, windows: int = 8, ctx: int = 512, repeats: int = 2, train_steps: int = 20,
+              device: str = "auto", log=print) -> dict:
+    """Every ratio in one process on the same windows: each scheme / fp, measure / forward, lm-eval /
+    qsink, training / plain loop, MFU and peak RSS (``qsink bench all``)."""
+    m, tok, text = bench_inputs(model, device, log)
+    cells = tuple((name, "none") for name in SCHEMES.names() if name != "fp")
+    parts = {"quant": bench_quant(m, tok, text, load_corpus("austen", "train", log=log), cells=cells, windows_n=windows,
+                                  ctx=ctx, repeats=repeats, log=log),
+             "measure": bench_measure(m, tok, text, samples=windows, ctx=ctx, repeats=repeats, log=log),
+             "ppl": bench_ppl(m, tok, text, windows_n=windows, ctx=ctx, repeats=repeats, log=log)}
+    rss_eval = peak_rss_mib()
+    del m
+    parts["train"] = bench_train(load_recipe(recipe), steps=train_steps, log=log)
+    return {"model": model, "recipe": str(recipe), "windows": windows, "ctx": ctx, "repeats": repeats,
+            "ratios": {**{f"{k} / fp": v for k, v in parts["quant"]["ratio"].items()},
+                       "measure / plain forward": parts["measure"]["ratio"],
+                       "lm-eval same windows / qsink": parts["ppl"]["speed_ratio_same_windows"],
+                       "lm-eval rolling per token / qsink": parts["ppl"]["speed_ratio_rolling_per_token"],
+                       "qsink train / plain loop (tokens/s)": parts["train"]["ratio"]},
+            "mfu": parts["train"]["mfu"], "matmul_peak_gflops": parts["train"]["matmul_peak_gflops"],
+            "peak_rss_mib_after_eval": rss_eval, "peak_rss_mib": peak_rss_mib(), "machine": machine(), "parts": parts}

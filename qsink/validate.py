@@ -17,7 +17,12 @@ from pathlib import Path
 
 from qsink.errors import QsinkError
 
+# the values of options shared by several commands (kept here, below every stage, so that settings
+# objects can check them without importing torch)
 DEVICE_PATTERN = re.compile(r"^(auto|map|cpu|mps|(cuda|xpu)(:\d+)?)$")  # what --device accepts
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+          "fp16": "float16", "float16": "float16"}  # --dtype -> torch dtype name
+INCLUDABLE = ("lm_head", "embed")  # --include: modules quantize_ leaves in high precision unless named
 _NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false", list: "a list",
           dict: "a mapping", tuple: "a list"}
 _PLURALS = {int: "whole numbers", float: "numbers", str: "strings"}
@@ -79,6 +84,12 @@ def check_value(name: str, value, kind, where: str = "", flags: bool = False) ->
         raise QsinkError(f"{where}{label(name, flags)} must be {_describe(kind)}, not {value!r}{_hint(kind, value)}")
 
 
+def split_names(values) -> list[str]:
+    """``["a,b", "c"]`` or ``"a,b"`` -> ``["a", "b", "c"]``."""
+    values = [values] if isinstance(values, str) else list(values or [])
+    return [n.strip() for v in values for n in str(v).split(",") if n.strip()]
+
+
 def check_types(obj, where: str = "", flags: bool = False) -> None:
     """Raise a :class:`QsinkError` naming the first field of dataclass ``obj`` whose value has the wrong type.
 
@@ -117,6 +128,11 @@ def check_device(device) -> None:
     """``--device``: auto, map, cpu, mps, cuda[:N] or xpu[:N] (whether it exists is checked when loading)."""
     if not isinstance(device, str) or not DEVICE_PATTERN.match(device):
         raise QsinkError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or map")
+
+
+def check_dtype(dtype) -> None:
+    if dtype not in DTYPES:
+        raise QsinkError(f"unknown dtype {dtype!r}; use one of fp32, bf16, fp16")
 
 
 def check_file_target(path, flag: str) -> None:

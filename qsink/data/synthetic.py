@@ -29,7 +29,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from qsink.config import sha256_text
+from qsink.files import sha256_text
+from qsink.data.text import Text
 from qsink.errors import QsinkError
 
 SPLIT_TOKENS = {"train": 2_000_000, "validation": 100_000, "test": 100_000}
@@ -83,9 +84,6 @@ SYNTHETIC = {"bb": BigramBackcopy()}
 
 def load_synthetic(name: str, split: str | None):
     """``bb[:SPLIT]`` as a :class:`qsink.data.Text` (default split: test)."""
-    from qsink.data.corpora import Text
-
-    task = SYNTHETIC[name]
     split = split or "test"
     if split not in SPLIT_TOKENS:
         raise QsinkError(f"synthetic data {name!r} has no split {split!r}; it has {', '.join(SPLIT_TOKENS)}")
@@ -96,67 +94,3 @@ def load_synthetic(name: str, split: str | None):
 @lru_cache(maxsize=8)
 def _text(name: str, split: str) -> str:
     return SYNTHETIC[name].text(SPLIT_TOKENS[split], SPLIT_SEEDS[split])
-
-
-def attention_split(model, tokenizer, ctx: int = 256, n_windows: int = 16, task: BigramBackcopy | None = None) -> list[dict]:
-    """Where each head looks on ``bb:validation``, split by query type (the active-dormant test).
-
-    For every layer and head: the mean attention from trigger queries and from ordinary queries
-    (positions >= 2) on the first token (BOS), on the query itself and on the previous token. A
-    copy head puts its trigger queries on the previous token; a dormant head that has become a
-    sink puts its ordinary queries on BOS.
-    """
-    import torch
-
-    from qsink.data.windows import make_windows
-
-    task = task or SYNTHETIC["bb"]
-    windows = make_windows(tokenizer, load_synthetic("bb", "validation"), ctx,
-                           max_tokens=n_windows * (ctx - 1))
-    ids = windows.input_ids
-    vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    triggers = {task.word(i) for i in range(task.n_triggers)}
-    is_trigger = torch.tensor([w in triggers for w in vocab])[ids]
-    captured = []
-    old = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    hooks = [layer.self_attn.register_forward_hook(lambda m, i, o: captured.append(o[1].detach()))
-             for layer in model.model.layers]
-    try:
-        with torch.no_grad():
-            model(ids.to(next(model.parameters()).device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.set_attn_implementation(old)
-    q = torch.arange(2, ids.shape[1])
-    trig = is_trigger[:, q]
-    out = []
-    for layer, a in enumerate(captured):  # (B, H, T, T)
-        for head in range(a.shape[1]):
-            A = a[:, head].float().cpu()
-            parts = {"bos": A[:, q, 0], "self": A[:, q, q], "prev": A[:, q, q - 1]}
-            row = {"layer": layer, "head": head}
-            for name, v in parts.items():
-                row[f"trigger_{name}"] = float(v[trig].mean())
-                row[f"other_{name}"] = float(v[~trig].mean())
-            out.append(row)
-    return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m qsink.data.synthetic CHECKPOINT [CTX]``: print :func:`attention_split`."""
-    import sys
-
-    from qsink.models import load
-
-    args = sys.argv[1:] if argv is None else argv
-    model, tok = load(args[0], log=lambda m: None)
-    print("layer head | trigger queries: bos self prev | other queries: bos self prev")
-    for r in attention_split(model, tok, ctx=int(args[1]) if len(args) > 1 else 256):
-        print(f"{r['layer']:5d} {r['head']:4d} | {r['trigger_bos']:.3f} {r['trigger_self']:.3f} {r['trigger_prev']:.3f} "
-              f"| {r['other_bos']:.3f} {r['other_self']:.3f} {r['other_prev']:.3f}")
-
-
-if __name__ == "__main__":
-    main()

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from qsink.config import atomic_write_text, qsink_home, sha256_file, sha256_text
+from qsink.files import atomic_write_text, qsink_home, sha256_file, sha256_text
 from qsink.errors import QsinkError
 from qsink.registry import Registry
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from qsink.data.corpora import Text
+from qsink.data.text import Text
 from qsink.errors import QsinkError
 
 
@@ -49,6 +49,11 @@ def adds_bos(tokenizer) -> bool:
         return False
     ids = tokenizer("a", add_special_tokens=True).input_ids
     return len(ids) > 0 and ids[0] == bos
+
+
+def tokens_for(tokenizer, n_windows: int, ctx: int) -> int:
+    """How many text tokens ``n_windows`` windows of ``ctx`` hold (one position is BOS if the tokenizer adds it)."""
+    return n_windows * (ctx - 1 if adds_bos(tokenizer) else ctx)
 
 
 def tokenize(tokenizer, text: str) -> list[int]:

@@ -1,6 +1,7 @@
-"""Scoring: perplexity over token windows, and the runner that turns cells into records."""
+"""Scoring quantized models.
 
-from qsink.evaluate.perplexity import PerplexityResult, perplexity
-from qsink.evaluate.runner import Cell, EvalSettings, plan_cells, run_cells
-
-__all__ = ["Cell", "EvalSettings", "plan_cells", "PerplexityResult", "perplexity", "run_cells"]
+``settings`` (defaults and checks of every evaluation option) and ``plan`` (the matrix of cells)
+first; ``quantized`` is the one path from settings to a quantized model; ``perplexity`` and
+``lmeval`` score it; ``runner`` turns cells into records; ``ablate`` takes a quantized model apart
+linear by linear; ``lmeval_cli`` is lm-eval's command line with a ``qsink`` model type.
+"""

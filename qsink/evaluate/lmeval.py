@@ -5,7 +5,7 @@ Two ways in:
 * :func:`run_tasks` scores an in-memory model (fp or quantized by :func:`qsink.quant.quantize_`)
   on lm-eval tasks through lm-eval's ``HFLM``, with qsink's local tasks
   (:mod:`qsink.data.tasks`) on the task path. ``qsink evaluate --task ...`` calls it per cell.
-* ``qsink-lm-eval`` (or ``python -m qsink.evaluate.lmeval``) is lm-eval's own command line with a
+* ``qsink-lm-eval`` (or ``python -m qsink.evaluate.lmeval_cli``, :mod:`qsink.evaluate.lmeval_cli`) is lm-eval's own command line with a
   ``qsink`` model type registered and qsink's local tasks on the include path, e.g.::
 
       qsink-lm-eval run --model qsink --model_args pretrained=smollm2-135m,scheme=w4a4,handling=hadamard \\
@@ -19,16 +19,16 @@ when the hub cannot be reached that task fails with a one-line error.
 from __future__ import annotations
 
 import os
-import sys
 from functools import lru_cache
 from typing import Callable
 
 from qsink.data.tasks import TASKS, prepare_tasks
 from qsink.errors import QsinkError
+from qsink.files import qsink_home
 
-def _environment(local_only: bool) -> None:
-    from qsink.config import qsink_home
 
+def hub_environment(local_only: bool) -> None:
+    """Keep lm-eval's datasets in qsink's cache; with ``local_only``, forbid the hub (offline tasks)."""
     os.environ.setdefault("HF_DATASETS_CACHE", str(qsink_home() / "hf-datasets"))
     if local_only:
         os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -84,7 +84,7 @@ def task_manager(names: list[str], log: Callable[[str], None] = print):
     local = [n for n in names if n in TASKS]
     # no hub in reach: go offline at once (a locally cached dataset still loads, anything else fails
     # fast with the one-line error below instead of minutes of retries)
-    _environment(local_only=len(local) == len(names) or not hub_reachable())
+    hub_environment(local_only=len(local) == len(names) or not hub_reachable())
     if len(local) == len(names):  # index qsink's tasks only, not lm-eval's whole catalogue
         return TaskManager(include_path=str(prepare_tasks(local, log=log)), include_defaults=False)
     return TaskManager(include_path=str(prepare_tasks(local, log=log))) if local else _default_task_manager()
@@ -126,61 +126,3 @@ def run_tasks(model, tokenizer, names: list[str], limit: int | None = None, num_
         metrics["n"] = n.get("effective", n.get("original"))
         results[name] = metrics
     return results
-
-
-def _register() -> None:
-    from lm_eval.api.registry import register_model
-    from lm_eval.models.huggingface import HFLM
-
-    @register_model("qsink")
-    class QsinkLM(HFLM):
-        """``--model qsink --model_args pretrained=SPEC,scheme=NAME,handling=NAME,calib=N,calib_data=NAME``.
-
-        ``pretrained`` is anything :func:`qsink.models.load` takes (built-in name, .gguf file,
-        checkpoint directory); the model is quantized by qsink (fake quantization) before lm-eval
-        scores it."""
-
-        def __init__(self, pretrained: str, scheme: str = "fp", handling: str = "none", calib: int = 4,
-                     calib_data: str = "austen:train", ctx: int = 512, seed: int = 0, dtype: str = "fp32",
-                     device: str | None = None, **kwargs):
-            import torch
-
-            if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
-                device = "auto"  # lm-eval passes cuda:0 by default; like its HFLM, fall back to what exists
-            from qsink.data import resolve_data
-            from qsink.models import load
-            from qsink.quant import check_combination, get_scheme, quantize_
-            from qsink.quant.calibration import calibration_windows
-
-            torch.manual_seed(int(seed))
-            model, tok = load(str(pretrained), dtype=dtype, device=device, log=lambda m: None)
-            if scheme != "fp":
-                check_combination(get_scheme(scheme), handling)
-                calib_windows = calibration_windows(tok, resolve_data(calib_data, None), int(calib), int(ctx), int(seed))
-                quantize_(model, get_scheme(scheme), handling, calib_windows, tok)
-            kwargs.pop("tokenizer", None)
-            super().__init__(pretrained=model, tokenizer=tok, **kwargs)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """lm-eval's command line with the ``qsink`` model registered and qsink's local tasks included."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        from lm_eval.__main__ import cli_evaluate
-    except ImportError:
-        sys.exit("error: qsink-lm-eval needs lm-eval; pip install 'qsink[eval]'")
-    _register()
-    tasks = []
-    for i, a in enumerate(argv):
-        if a == "--tasks" and i + 1 < len(argv):
-            tasks = argv[i + 1].split(",")
-    local = [t for t in tasks if t in TASKS]
-    _environment(local_only=bool(tasks) and len(local) == len(tasks))
-    if "--include_path" not in argv and argv[:1] not in (["-h"], ["--help"]):
-        argv += ["--include_path", str(prepare_tasks(local or None))]
-    sys.argv = ["lm-eval", *argv]
-    cli_evaluate()
-
-
-if __name__ == "__main__":
-    main()

@@ -18,27 +18,21 @@ from typing import Callable
 
 import torch
 
-from qsink.data.corpora import Text
+from qsink.data.resolve import resolve_data
+from qsink.data.text import Text
 from qsink.data.windows import make_windows
 from qsink.errors import QsinkError
+from qsink.evaluate.lmeval import run_tasks
 from qsink.evaluate.perplexity import perplexity
 from qsink.evaluate.settings import EvalSettings
+from qsink.measure.workflow import MeasureOptions, measure_model
 from qsink.models import ResolvedModel, check_ctx, load, resolve
-from qsink.quant import check_combination, get_scheme, quantize_
+from qsink.evaluate.plan import Cell
+from qsink.evaluate.quantized import calibration_for, quantize_for
+from qsink.quant import get_scheme
 from qsink.quant.apply import kept_token_fraction
-from qsink.quant.calibration import calibration_windows
-from qsink.results.record import PROFILE_FIELDS, cell_key, make_record
-from qsink.results.store import RecordStore
-
-
-@dataclass(frozen=True)
-class Cell:
-    scheme: str
-    handling: str = "none"
-
-    @property
-    def label(self) -> str:
-        return self.scheme if self.handling == "none" else f"{self.scheme}+{self.handling}"
+from qsink.records.record import PROFILE_FIELDS, cell_key, make_record
+from qsink.records.store import RecordStore
 
 
 @dataclass
@@ -48,32 +42,6 @@ class CellOutcome:
     path: Path
     record: dict
     skipped: bool  # found an existing record
-
-
-def plan_cells(schemes: list[str], handlings: list[str], backend: str = "fake") -> tuple[list[Cell], list[str]]:
-    """The cross product with fp once and incompatible pairs dropped, and why each was dropped.
-
-    A single requested pair that is incompatible is an error (nothing else would run)."""
-    for s in schemes:
-        get_scheme(s)
-    cells, dropped = [Cell("fp")], []
-    for s in schemes:
-        for h in handlings:
-            if s == "fp" or Cell(s, h) in cells:
-                continue
-            try:
-                check_combination(get_scheme(s), h)
-                if backend == "bnb":
-                    from qsink.quant.backends.bnb import check
-
-                    check(s, h)
-            except QsinkError as e:
-                if len(schemes) * len(handlings) == 1:
-                    raise
-                dropped.append(f"{s}+{h}: {e}")
-                continue
-            cells.append(Cell(s, h))
-    return cells, dropped
 
 
 def identity(model_sha: str, cell: Cell, text: Text, s: EvalSettings, calib_sha: str | None) -> dict:
@@ -89,17 +57,14 @@ def identity(model_sha: str, cell: Cell, text: Text, s: EvalSettings, calib_sha:
     return ident
 
 
-
 def model_profile(res, text: Text, settings: EvalSettings, store: RecordStore, loaded, log, progress_factory) -> dict | None:
     """The model's profile summary on the eval text (``qsink measure``, cached in the same store)."""
     if not settings.profile_samples:
         return None
-    from qsink.measure.run import measure_model
-
+    options = MeasureOptions(ctx=settings.ctx, samples=settings.profile_samples, dtype=settings.dtype,
+                             device=settings.device)
     try:
-        outcome = measure_model(res, text, store, ctx=settings.ctx, samples=settings.profile_samples, dtype=settings.dtype,
-                                device=settings.device, batch_size=1, loaded=loaded, log=log,
-                                on_batch_factory=progress_factory)
+        outcome = measure_model(res, text, store, options, loaded=loaded, log=log, progress_factory=progress_factory)
     except QsinkError as e:  # a model that cannot be profiled (NaNs, say) still gets its cells recorded
         log(f"{res.name}: no profile ({e})")
         return {"error": str(e)}
@@ -148,7 +113,7 @@ def run_cells(
         prof = model_profile(res, text, settings, store, (model, tokenizer), log, progress_factory)
         calib = None
         if calib_text is not None and any(c.scheme != "fp" for c, _ in todo):
-            calib = calibration_windows(tokenizer, calib_text, settings.calib, settings.ctx, settings.seed)
+            calib = calibration_for(tokenizer, settings, calib_text)
         for cell, ident in todo:
             record = _run_cell(res, cell, ident, model, tokenizer, windows, calib, settings, fp_record, progress_factory,
                                log)
@@ -162,6 +127,20 @@ def run_cells(
                 on_cell(outcomes[-1])
         del model
     return outcomes
+
+
+def run_matrix(model_specs: list[str], cells: list[Cell], settings: EvalSettings, store: RecordStore,
+               data: str | None = None, text_file: str | Path | None = None, log: Callable[[str], None] = print,
+               progress_factory: Callable[[str, int], Callable[[int], None]] | None = None,
+               on_cell: Callable[[CellOutcome], None] | None = None) -> tuple[Text, list[CellOutcome]]:
+    """``qsink evaluate``: resolve the models and texts (bad paths fail before any text is fetched), then
+    :func:`run_cells`. Returns the evaluation text and one outcome per (model, cell)."""
+    store.ensure_writable()
+    resolved = [resolve(m) for m in model_specs]
+    text = resolve_data(data, str(text_file) if text_file else None, log=log)
+    calib_text = resolve_data(settings.calib_data, None, log=log) if any(c.scheme != "fp" for c in cells) else None
+    return text, run_cells(resolved, cells, text, settings, store, calib_text=calib_text, log=log,
+                           progress_factory=progress_factory, on_cell=on_cell)
 
 
 def model_fields(config) -> dict:
@@ -188,24 +167,13 @@ def _run_cell(res, cell, ident, fp_model, tokenizer, windows, calib, settings, f
         "eval": {k: v for k, v in asdict(settings).items() if k != "force"} | {"device": str(next(fp_model.parameters()).device)},
     }
     t0 = time.perf_counter()
-    quant_report = None
     try:
-        model = fp_model
-        if cell.scheme != "fp":
-            model = copy.deepcopy(fp_model)
-            if settings.backend == "bnb":
-                from qsink.quant.backends.bnb import to_bnb_
-
-                quant_report = to_bnb_(model, cell.scheme, cell.handling)
-            else:
-                quant_report = quantize_(model, scheme, cell.handling, calib, tokenizer, batch_size=settings.batch_size,
-                                         include=tuple(settings.include))
+        model = fp_model if cell.scheme == "fp" else copy.deepcopy(fp_model)
+        quant_report = quantize_for(model, tokenizer, cell, settings, calib)
         prep_s = time.perf_counter() - t0
         result = perplexity(model, tokenizer, windows, settings.batch_size, on_batch=on_batch)
         tasks, task_s = None, 0.0
         if settings.tasks:
-            from qsink.evaluate.lmeval import run_tasks
-
             t1 = time.perf_counter()
             tasks = run_tasks(model, tokenizer, list(settings.tasks), limit=settings.limit,
                               num_fewshot=settings.num_fewshot, batch_size=settings.batch_size, seed=settings.seed,

@@ -11,9 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from qsink.errors import QsinkError
-from qsink.models.loader import DTYPES
-from qsink.quant.apply import INCLUDABLE
-from qsink.validate import at_least, check_device, check_types
+from qsink.validate import INCLUDABLE, at_least, check_device, check_dtype, check_types
 
 BACKENDS = ("fake", "bnb")  # qsink's fake-quantized QLinear, or bitsandbytes kernels
 
@@ -52,8 +50,7 @@ class EvalSettings:
         at_least(flags=True, ctx=(self.ctx, 2), max_tokens=(self.max_tokens, 0), batch_size=(self.batch_size, 1),
                  calib=(self.calib, 1), seed=(self.seed, 0), limit=(self.limit, 1), num_fewshot=(self.num_fewshot, 0),
                  profile_samples=(self.profile_samples, 0))
-        if self.dtype not in DTYPES:
-            raise QsinkError(f"unknown dtype {self.dtype!r}; use one of fp32, bf16, fp16")
+        check_dtype(self.dtype)
         check_device(self.device)
         if self.backend not in BACKENDS:
             raise QsinkError(f"unknown backend {self.backend!r}; use {' or '.join(BACKENDS)}")
@@ -73,6 +70,3 @@ class EvalSettings:
     def to_dict(self) -> dict:
         """Plain data (lists, not tuples) for records and job payloads."""
         return asdict(self) | {"include": list(self.include), "tasks": list(self.tasks)}
-
-
-DEFAULTS = EvalSettings()

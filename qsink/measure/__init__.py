@@ -1,6 +1,7 @@
-"""The spike half of qsink: massive activations, attention sinks and outlier statistics."""
+"""The spike half of qsink: massive activations, attention sinks and outlier statistics.
 
-from qsink.measure.profile import PROFILE_SCHEMA, Profile
-from qsink.measure.profiler import ProfileSettings, profile
-
-__all__ = ["PROFILE_SCHEMA", "Profile", "ProfileSettings", "profile"]
+``options`` (settings) and ``stats`` (pure formulas) at the bottom; ``attention`` reads attention
+weights; ``collect`` is the one hooked pass that builds a ``document`` (the JSON profile);
+``attribution``, ``vocab_scan`` and ``gradients`` are the seed papers' analyses; ``workflow`` is
+``qsink measure`` as a function; ``plots`` draws a profile.
+"""

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from qsink.plotting import plt, save_figure
 
 
 def plot_rise_plateau_fall(profile: dict, path: Path, title: str = "") -> Path:
@@ -56,16 +53,6 @@ def plot_channel_absmax(profile: dict, path: Path, title: str = "") -> Path:
     ax.set_ylabel("max |h| over tokens")
     ax.set_title(title or f"per-channel absmax, layer {profile['plot_layer']}")
     return save_figure(fig, path)
-
-
-def save_figure(fig, path: Path) -> Path:
-    """Lay out, write (creating the folder) and close a figure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def plot_profile(profile: dict, out_dir: Path, stem: str, name: str) -> list[Path]:

@@ -20,6 +20,7 @@ from qsink.quant.calibration import run_windows
 from qsink.quant.handling import HANDLERS, Handler
 from qsink.quant.qlinear import QLinear, QuantContext
 from qsink.quant.schemes import QuantFormat, Scheme, per_group
+from qsink.validate import INCLUDABLE
 
 
 def make_handler(handling: str, options: dict | None = None) -> Handler:
@@ -37,9 +38,6 @@ def check_combination(scheme: Scheme, handling: str, options: dict | None = None
         raise QsinkError(f"fp quantizes nothing, so {handling} has nothing to protect; evaluate fp with --handling none")
     handler.check(scheme)
     return handler
-
-
-INCLUDABLE = ("lm_head", "embed")
 
 
 def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none", calib: Windows | None = None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from qsink.data.corpora import Text
+from qsink.data.text import Text
 from qsink.data.windows import Windows, make_windows
 
 

@@ -1,7 +1,5 @@
-"""Result records, their atomic store, and the leaderboard built from them."""
+"""What is made from records: leaderboards with Spearman tables, studies, reports and their plots."""
 
 from qsink.results.leaderboard import flatten, leaderboard
-from qsink.results.record import SCHEMA, cell_key, make_record
-from qsink.results.store import RecordStore
 
-__all__ = ["SCHEMA", "RecordStore", "cell_key", "flatten", "leaderboard", "make_record"]
+__all__ = ["flatten", "leaderboard"]

@@ -9,11 +9,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from qsink.models.family.config import SWITCHES
-
-VARIANT = list(SWITCHES)
 PROFILE = ["spike_magnitude", "top1_median_max", "kurtosis_max", "linear_input_ratio_max", "sink_ratio", "has_massive"]
-FRONT = ["model", *VARIANT, "scheme", "handling", "data", "ctx", "status", "ppl", "delta_ppl", "delta_ppl_pct", "bpb",
+FRONT = ["model", "scheme", "handling", "data", "ctx", "status", "ppl", "delta_ppl", "delta_ppl_pct", "bpb",
          *PROFILE, "sqnr_db_mean", "sqnr_db_min", "kept_token_fraction", "nll", "n_scored", "tokens_per_s", "wall_s"]
 NOT_FLATTENED = ("sqnr_db",)  # per-linear dicts stay in the record, not in columns
 MIN_MODELS_FOR_RHO = 5
@@ -42,7 +39,7 @@ def flatten(record: dict) -> dict:
         "key": record["key"],
         "created": record["created"],
     }
-    row.update({k: v for k, v in (model.get("variant") or {}).items() if k in VARIANT})
+    row.update(model.get("variant") or {})  # qsink models' switches (norm, gate, ...), in the record's order
     metrics = dict(record.get("metrics", {}))
     for name, t in (metrics.pop("tasks", None) or {}).items():
         short = task_short(name)
@@ -65,7 +62,8 @@ def leaderboard(records: list[dict], sort: str = "ppl") -> pd.DataFrame:
     if df.empty:
         return df
     accs = sorted(c for c in df.columns if c.startswith(("acc.", "delta_acc.")))
-    front = FRONT[:FRONT.index("bpb") + 1] + accs + FRONT[FRONT.index("bpb") + 1:]
+    variant = list(dict.fromkeys(k for r in records for k in (r["config"]["model"].get("variant") or {})))
+    front = FRONT[:1] + variant + FRONT[1:FRONT.index("bpb") + 1] + accs + FRONT[FRONT.index("bpb") + 1:]
     cols = [c for c in front if c in df.columns] + [c for c in df.columns if c not in front]
     df = df[cols]
     if sort in df.columns:

@@ -7,23 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from qsink.measure.plots import save_figure
-
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
+from qsink.plotting import MARKERS, plt, save_figure
 LABELS = {"delta_ppl_pct": "Δppl %", "delta_ppl": "Δppl", "spike_magnitude": "spike magnitude (max |h|)"}
 
 
 def _label(col: str) -> str:
     return LABELS.get(col, col.replace("_", " "))
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_delta_vs_spike(df: pd.DataFrame, path: Path, target: str = "delta_ppl_pct") -> Path | None:
@@ -33,7 +22,6 @@ def plot_delta_vs_spike(df: pd.DataFrame, path: Path, target: str = "delta_ppl_p
         if {"spike_magnitude", target} <= set(df.columns) else df.iloc[0:0]
     if ok.empty:
         return None
-    plt = _plt()
     schemes = sorted(ok["scheme"].unique())
     handlings = sorted(ok["handling"].unique(), key=lambda h: (h != "none", h))
     cols = min(3, len(schemes))
@@ -74,7 +62,6 @@ def plot_heatmap(df: pd.DataFrame, path: Path, target: str = "delta_ppl_pct", ha
         table = table.reindex([m for m in models if m in table.index])
     if schemes:
         table = table[[s for s in schemes if s in table.columns]]
-    plt = _plt()
     from matplotlib.colors import SymLogNorm
 
     fig, ax = plt.subplots(figsize=(max(5.5, 2.5 + 1.0 * table.shape[1]), max(3.0, 1.4 + 0.45 * table.shape[0])))

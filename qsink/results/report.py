@@ -3,32 +3,14 @@
 from __future__ import annotations
 
 import datetime as _dt
-import math
 from pathlib import Path
 
 import pandas as pd
 
-from qsink.config import atomic_write_text
+from qsink.files import atomic_write_text
+from qsink.results.markdown import fmt, frame_table
 from qsink.results.leaderboard import MIN_MODELS_FOR_RHO, correlations, leaderboard, task_short
 from qsink.results.plots import plot_delta_vs_spike, plot_heatmap
-
-
-def _fmt(v, spec: str = "{:.4g}") -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return spec.format(v)
-    return str(v)
-
-
-def markdown_table(df: pd.DataFrame, formats: dict | None = None) -> str:
-    formats = formats or {}
-    head = "| " + " | ".join(map(str, df.columns)) + " |"
-    sep = "|" + "|".join("---" for _ in df.columns) + "|"
-    body = ["| " + " | ".join(_fmt(r[c], formats.get(c, "{:.4g}")) for c in df.columns) + " |" for _, r in df.iterrows()]
-    return "\n".join([head, sep, *body])
 
 
 def analyses_section(profiles: list[dict], plots_dir: Path, stem: str) -> list[str]:
@@ -52,7 +34,7 @@ def analyses_section(profiles: list[dict], plots_dir: Path, stem: str) -> list[s
                                   "Δ|h| in": c["injector"]["delta_abs"],
                                   "removed by": (f"block {c['remover']['block']} {c['remover']['sublayer']}" if c["remover"] else "-"),
                                   "Δ|h| out": c["remover"]["delta_abs"] if c["remover"] else None} for c in a["channels"]])
-            lines += [markdown_table(rows), ""]
+            lines += [frame_table(rows), ""]
             q = a.get("quadratic_form")
             if q and "error" not in q:
                 sp, ty = q["spike_channel"], q["typical_channels"]
@@ -109,7 +91,7 @@ def build_report(records: list[dict], out: Path, title: str = "qsink report", co
         lines += ["", "## Models: full-precision quality and outlier profile", "",
                   "Spike = largest |hidden state| over layers; top-1/median = the largest ratio of a layer's top activation "
                   "to its median; sink ratio = share of heads whose mean attention on the first token exceeds the threshold.",
-                  "", markdown_table(models)]
+                  "", frame_table(models)]
 
     # cells
     q = df[df["scheme"] != "fp"]
@@ -119,7 +101,7 @@ def build_report(records: list[dict], out: Path, title: str = "qsink report", co
         cells = q.sort_values(["model", "scheme", "handling"])[ccols].rename(
             columns={"delta_ppl_pct": "Δppl %", "sqnr_db_mean": "SQNR dB",
                      **{f"delta_acc.{t}": f"Δacc {t}" for t in tasks}, **{f"acc.{t}": f"acc {t}" for t in tasks}})
-        lines += ["", "## Quantized cells", "", markdown_table(cells, {"Δppl %": "{:+.2f}", "SQNR dB": "{:.1f}"})]
+        lines += ["", "## Quantized cells", "", frame_table(cells, {"Δppl %": "{:+.2f}", "SQNR dB": "{:.1f}"})]
 
     # correlations
     corr = correlations(df)
@@ -129,7 +111,7 @@ def build_report(records: list[dict], out: Path, title: str = "qsink report", co
                   "(and max kurtosis, and the largest max/median channel ratio of any linear's input) and Δppl % "
                   f"under each scheme and handling, with a permutation p-value. With fewer than {MIN_MODELS_FOR_RHO} "
                   "models ρ is shown but means little.", "",
-                  markdown_table(corr, {c: ("{:+.2f}" if c.startswith("rho") else "{:.3f}")
+                  frame_table(corr, {c: ("{:+.2f}" if c.startswith("rho") else "{:.3f}")
                                         for c in corr.columns if c.startswith(("rho_", "p_"))})]
 
     # plots
@@ -145,10 +127,10 @@ def build_report(records: list[dict], out: Path, title: str = "qsink report", co
         lines += ["", "## Failed cells", ""] + [f"- {r['model']} {r['scheme']}+{r['handling']}: {r['error']}"
                                                  for _, r in failed.iterrows()]
     if tasks:
-        lines += ["", "Tasks: " + ", ".join(f"{t} (n = {_fmt(df[f'n.{t}'].dropna().max())})" for t in tasks
+        lines += ["", "Tasks: " + ", ".join(f"{t} (n = {fmt(df[f'n.{t}'].dropna().max())})" for t in tasks
                                             if f"n.{t}" in df.columns) + "."]
     atomic_write_text(out, "\n".join(lines) + "\n")
     return out
 
 
-__all__ = ["build_report", "markdown_table", "task_short"]
+__all__ = ["build_report", "task_short"]

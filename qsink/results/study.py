@@ -23,13 +23,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from qsink.config import atomic_write_text
+from qsink.files import atomic_write_text
 from qsink.errors import QsinkError
 from qsink.validate import check_file_target
-from qsink.results.leaderboard import MIN_MODELS_FOR_RHO, correlations, leaderboard
-from qsink.results.record import PROFILE_FIELDS
-from qsink.results.plots import MARKERS, _plt, plot_delta_vs_spike, plot_heatmap
-from qsink.measure.plots import save_figure
+from qsink.results.markdown import fmt, table
+from qsink.results.leaderboard import correlations, leaderboard
+from qsink.records.record import PROFILE_FIELDS
+from qsink.plotting import MARKERS, plt, save_figure
+from qsink.results.plots import plot_delta_vs_spike, plot_heatmap
 
 SEED = re.compile(r"^(?P<group>.+?)-seed(?P<seed>\d+)$")
 HEADLINE_SCHEMES = ("w8a8-static", "w4a4", "nvfp4")
@@ -65,12 +66,6 @@ def _fp(df: pd.DataFrame) -> pd.DataFrame:
     return ok[ok["scheme"] == "fp"].drop_duplicates("model")
 
 
-def _fmt(v, spec: str = "{:.3g}") -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return spec.format(v)
-
-
 def spread(values, spec: str = "{:+.2f}") -> str:
     """Mean, and the range in brackets when there is more than one value."""
     v = [float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
@@ -79,15 +74,6 @@ def spread(values, spec: str = "{:+.2f}") -> str:
     if len(v) == 1:
         return spec.format(v[0])
     return f"{spec.format(np.mean(v))} [{spec.format(min(v))}, {spec.format(max(v))}]"
-
-
-def table(rows: list[dict]) -> str:
-    if not rows:
-        return "_(no data)_"
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(str(r.get(c, "-")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _groups_in_order(df: pd.DataFrame) -> list[str]:
@@ -106,14 +92,14 @@ def models_table(df: pd.DataFrame) -> str:
     rows = []
     for g in _groups_in_order(df):
         for _, r in fp[fp["group"] == g].sort_values("model").iterrows():
-            rows.append({"model": r["model"], "text": r["data"], "fp ppl": _fmt(r["ppl"], "{:.4g}"),
-                         "spike max\\|h\\|": _fmt(r.get("spike_magnitude"), "{:,.0f}"),
-                         "top-1/median": _fmt(r.get("top1_median_max"), "{:.0f}"),
-                         "max kurtosis": _fmt(r.get("kurtosis_max"), "{:.0f}"),
-                         "linear-input max/median": _fmt(r.get("linear_input_ratio_max"), "{:.0f}"),
+            rows.append({"model": r["model"], "text": r["data"], "fp ppl": fmt(r["ppl"], "{:.4g}"),
+                         "spike max\\|h\\|": fmt(r.get("spike_magnitude"), "{:,.0f}"),
+                         "top-1/median": fmt(r.get("top1_median_max"), "{:.0f}"),
+                         "max kurtosis": fmt(r.get("kurtosis_max"), "{:.0f}"),
+                         "linear-input max/median": fmt(r.get("linear_input_ratio_max"), "{:.0f}"),
                          "massive": "yes" if r.get("has_massive") else "no",
-                         "sink ratio": _fmt(r.get("sink_ratio"), "{:.2f}"),
-                         "mean α(BOS)": _fmt(r.get("alpha_mean"), "{:.2f}")})
+                         "sink ratio": fmt(r.get("sink_ratio"), "{:.2f}"),
+                         "mean α(BOS)": fmt(r.get("alpha_mean"), "{:.2f}")})
     return table(rows)
 
 
@@ -131,7 +117,7 @@ def variants_table(df: pd.DataFrame, baseline: str) -> str:
         spike = f["spike_magnitude"].mean()
         rows.append({"variant": g, "seeds": len(f), "fp ppl": spread(f["ppl"], "{:.3f}"),
                      "spike": spread(f["spike_magnitude"], "{:,.0f}"),
-                     "spike / baseline": _fmt(spike / base_spike, "{:.3f}"),
+                     "spike / baseline": fmt(spike / base_spike, "{:.3f}"),
                      "linear-input max/median": spread(f.get("linear_input_ratio_max", []), "{:.0f}"),
                      "sink ratio": spread(f["sink_ratio"], "{:.2f}"),
                      "mean α(BOS)": spread(f["alpha_mean"], "{:.2f}"),
@@ -181,9 +167,9 @@ def handling_table(df: pd.DataFrame, data: str) -> str:
         row = {"scheme": scheme, "models": n}
         for h in HANDLING_ORDER:
             if h in g.index:
-                cell = _fmt(g.loc[h, "mean"], "{:+.3g}")
+                cell = fmt(g.loc[h, "mean"], "{:+.3g}")
                 if h != "none":
-                    cell += f" ({_fmt(100 * g.loc[h, 'closed'], '{:.0f}')} %, {g.loc[h, 'better than none']}/{n})"
+                    cell += f" ({fmt(100 * g.loc[h, 'closed'], '{:.0f}')} %, {g.loc[h, 'better than none']}/{n})"
                 row[h] = cell
         others = g.drop(index="none")["mean"]
         row["best"] = others.idxmin() if len(others) and others.min() < g.loc["none", "mean"] else "none"
@@ -258,7 +244,6 @@ def plot_sinks_vs_spikes(df: pd.DataFrame, path: Path) -> Path | None:
     fp = _fp(df).dropna(subset=["spike_magnitude", "sink_ratio"])
     if fp.empty:
         return None
-    plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for i, (g, f) in enumerate(fp.groupby("group", sort=False)):
         ax.scatter(f["spike_magnitude"], f["sink_ratio"], marker=MARKERS[i % len(MARKERS)], s=40, alpha=0.85, label=g)
@@ -277,7 +262,6 @@ def plot_handling(df: pd.DataFrame, data: str, path: Path, title: str) -> Path |
     s = handling_summary(df, data)
     if s.empty:
         return None
-    plt = _plt()
     schemes = list(dict.fromkeys(s["scheme"]))
     handlings = [h for h in HANDLING_ORDER
                  if h in set(s["handling"])]

@@ -17,8 +17,15 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
+from qsink.data import resolve_data
 from qsink.errors import QsinkError
+from qsink.evaluate.plan import Cell
+from qsink.evaluate.runner import identity, run_cells
+from qsink.evaluate.settings import EvalSettings
+from qsink.models import pick_device, resolve
+from qsink.records import RecordStore, cell_key
 from qsink.sweep.plan import Job, Sweep, order, train_done
+from qsink.train import load_recipe, train
 
 EXECUTORS = ("local", "ray")
 
@@ -37,9 +44,6 @@ def run_job(job: Job) -> dict:
 
 
 def _train(p: dict) -> tuple[str, str]:
-    from qsink.models import pick_device
-    from qsink.train import load_recipe, train
-
     if train_done(p):
         return "skipped", f"checkpoint {p['out']} is complete"
     r = load_recipe(p["recipe"], size=p.get("size"), overrides={"seed": p["seed"]})
@@ -50,17 +54,10 @@ def _train(p: dict) -> tuple[str, str]:
 
 def _settings(p: dict):
     """The EvalSettings an evaluation job's payload carries as plain data."""
-    from qsink.evaluate.settings import EvalSettings
-
     return EvalSettings(**p["settings"])
 
 
 def _evaluate(p: dict) -> tuple[str, str]:
-    from qsink.data import resolve_data
-    from qsink.evaluate.runner import Cell, run_cells
-    from qsink.models import resolve
-    from qsink.results import RecordStore
-
     settings = _settings(p)
     cell = Cell(p["scheme"], p["handling"])
     cells = [cell] if cell.scheme == "fp" else [Cell("fp"), cell]  # the fp record is there already (a dependency)
@@ -78,12 +75,6 @@ def _evaluate(p: dict) -> tuple[str, str]:
 
 def status(sweep: Sweep) -> dict[str, bool]:
     """Which jobs are done, read from the outputs alone (no job is run)."""
-    from qsink.data import resolve_data
-    from qsink.evaluate.runner import Cell, identity
-    from qsink.models import resolve
-    from qsink.results import RecordStore
-    from qsink.results.record import cell_key
-
     done: dict[str, bool] = {}
     texts: dict = {}
 

@@ -34,8 +34,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qsink.config import load_yaml
 from qsink.errors import QsinkError
+from qsink.evaluate.plan import check_recipe_keys, plan_matrix
+from qsink.files import load_yaml
+from qsink.train import load_recipe
+from qsink.validate import split_names
 
 KEYS = ("name", "out", "records", "train", "evaluate", "resources", "size")
 RESOURCE_DEFAULTS = {"train": {"num_cpus": 1, "num_gpus": 0}, "evaluate": {"num_cpus": 1, "num_gpus": 0}}
@@ -70,9 +73,6 @@ def _train_out(out: Path, name: str, seed: int, seeds: list[int]) -> Path:
 
 def load_sweep(path: str | Path, device: str = "auto", out: str | Path | None = None) -> Sweep:
     """Parse and validate a sweep recipe into its job graph (nothing is loaded or trained)."""
-    from qsink.evaluate.recipe import check_recipe_keys, plan_matrix, split_names
-    from qsink.train import load_recipe
-
     path = Path(path)
     raw = load_yaml(path)
     unknown = sorted(set(raw) - set(KEYS))

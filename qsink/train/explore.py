@@ -22,6 +22,7 @@ import time
 import torch
 
 from qsink.data.synthetic import SYNTHETIC
+from qsink.measure.attention import capture_attention
 from qsink.models.family.config import QsinkConfig
 from qsink.models.family.modeling import QsinkForCausalLM
 from qsink.train.loop import _param_groups
@@ -30,18 +31,11 @@ from qsink.train.loop import _param_groups
 def probe(model, x: torch.Tensor, n_triggers: int) -> tuple[list[list[float]], list[tuple[float, float, float]]]:
     """(alpha per layer and head, (top |h|, top/median, BOS top/median) per layer) on batch ``x``."""
     model.eval()
-    old = model.config._attn_implementation
-    model.set_attn_implementation("eager")
     weights = []
-    hooks = [layer.self_attn.register_forward_hook(lambda m, i, o: weights.append(o[1]))
-             for layer in model.model.layers]
     try:
-        with torch.no_grad():
+        with capture_attention(model, lambda layer, w: weights.append(w)), torch.no_grad():
             out = model(x, output_hidden_states=True)
     finally:
-        for h in hooks:
-            h.remove()
-        model.set_attn_implementation(old)
         model.train()
     q = torch.arange(2, x.shape[1])
     dormant = x[:, q] >= n_triggers

@@ -25,9 +25,10 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from qsink.data.corpora import resolve_data
+from qsink.data.resolve import resolve_data
 from qsink.data.windows import tokenize
 from qsink.errors import QsinkError
+from qsink.models.checkpoint import staged_checkpoint
 from qsink.models.family import QsinkConfig, QsinkForCausalLM
 from qsink.train.recipe import TrainRecipe
 from qsink.train.tokenizer import train_tokenizer
@@ -134,23 +135,19 @@ def save_checkpoint(out: Path, model, tok, opt, state: dict) -> None:
     """
     out = out.resolve() if out.is_symlink() else out  # write into the link's target; the link stays
     _refuse_foreign(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     old = None
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        save_file(_optimizer_tensors(model, opt), tmp / "optimizer.safetensors")
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-        _refuse_foreign(out)  # again: the directory may have changed while the weights were written
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))  # a fresh name: clobbers nothing
-            os.replace(out, old)  # a directory may replace an empty one
-        os.replace(tmp, out)
+        with staged_checkpoint(out, model, tok) as tmp:
+            save_file(_optimizer_tensors(model, opt), tmp / "optimizer.safetensors")
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+            _refuse_foreign(out)  # again: the directory may have changed while the weights were written
+            if out.exists():
+                old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))  # a fresh name: clobbers nothing
+                os.replace(out, old)  # a directory may replace an empty one
+            os.replace(tmp, out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and old.is_dir() and not any(old.iterdir()):
             old.rmdir()  # a rename that failed leaves the fresh name empty; a moved checkpoint is kept
 

@@ -18,7 +18,7 @@ import inspect
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from qsink.config import load_yaml, merge_dicts
+from qsink.files import load_yaml, merge_dicts
 from qsink.errors import QsinkError
 from qsink.models.family.config import VARIANTS, QsinkConfig
 from qsink.validate import above, at_least, check_types

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from qsink.config import qsink_home
+from qsink.files import qsink_home
 from qsink.errors import QsinkError
 
 BOS, EOS = "<|bos|>", "<|eos|>"

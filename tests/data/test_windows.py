@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from qsink.data.corpora import Text
+from qsink.data.text import Text
 from qsink.data import windows as windows_mod
 from qsink.data.windows import adds_bos, make_windows, tokenize
 from qsink.errors import QsinkError

@@ -66,7 +66,7 @@ def test_unknown_task_is_refused_with_the_list():
 def test_qsink_model_type_under_lm_evals_own_cli(tiny_long, qsink_home, tmp_path):
     path, _, _ = tiny_long
     out = tmp_path / "lm-eval-out"
-    cmd = [sys.executable, "-m", "qsink.evaluate.lmeval", "run", "--model", "qsink", "--model_args",
+    cmd = [sys.executable, "-m", "qsink.evaluate.lmeval_cli", "run", "--model", "qsink", "--model_args",
            f"pretrained={path},scheme=w8a8,handling=none,calib=1,calib_data=file:{path}/tokenizer.json,ctx=64",
            "--tasks", "qsink_sentiment", "--limit", "4", "--output_path", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

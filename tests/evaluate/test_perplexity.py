@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from qsink.data.corpora import Text
+from qsink.data.text import Text
 from qsink.data.windows import make_windows
 from qsink.evaluate.perplexity import perplexity
 from qsink.models import load
@@ -35,13 +35,55 @@ def test_batched_matches_reference(request, fixture, batch_size):
     assert res.bpb == pytest.approx(ref / math.log(2) / res.n_bytes, rel=1e-4)
 
 
-def test_bytes_count_the_scored_text(tiny_model_dir):
-    model, tok = load(str(tiny_model_dir), log=lambda m: None)
+def byte_level_decoder() -> dict[str, int]:
+    """GPT-2's byte <-> printable-character table (what a ByteLevel BPE vocabulary is written in), inverted."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_bos_model_dir"])
+def test_bytes_count_the_scored_text(request, fixture):
+    """ASCII text: the scored tokens of a window are a contiguous slice of the original text (from the
+    tokenizer's character offsets), so n_bytes is the byte length of those slices, exactly."""
+    model, tok = load(str(request.getfixturevalue(fixture)), log=lambda m: None)
     windows = make_windows(tok, Text("s", SAMPLE_TEXT, "0"), ctx=32, max_tokens=400)
+    enc = tok(SAMPLE_TEXT, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc.offset_mapping
+    bos = fixture == "tiny_bos_model_dir"
+    per_window = 31 if bos else 32
+    expected = 0
+    for i, w in enumerate(windows.input_ids):
+        first, last = i * per_window + (0 if bos else 1), (i + 1) * per_window - 1  # text-token indices scored
+        assert w[1:].tolist() == enc.input_ids[first : last + 1]
+        expected += len(SAMPLE_TEXT[offsets[first][0] : offsets[last][1]].encode("utf-8"))
     res = perplexity(model, tok, windows)
-    # every window's first token is context only; the rest decode back to text bytes
-    full = sum(len(tok.decode(w.tolist()).encode()) for w in windows.input_ids)
-    assert 0 < res.n_bytes < full
+    assert res.n_bytes == expected
+    if bos:  # every text token is scored: the bytes are the whole covered prefix of the text
+        assert expected == len(SAMPLE_TEXT[: offsets[windows.n_used_tokens - 1][1]].encode("utf-8"))
+
+
+def test_bytes_decode_window_by_window(tiny_model_dir):
+    """Multi-byte characters cut by a window boundary: each window's scored tokens are decoded on
+    their own (the module's convention), so a cut character becomes U+FFFD (3 bytes) in that window.
+    The expected count is built from the vocabulary's bytes, not from the tokenizer's decode."""
+    model, tok = load(str(tiny_model_dir), log=lambda m: None)
+    text = "café naïve — “quoted” 日本語 😀, ünïcödé " * 20
+    windows = make_windows(tok, Text("u", text, "0"), ctx=32, max_tokens=8 * 32)
+    table = byte_level_decoder()
+    expected, raw = 0, 0
+    for w in windows.input_ids:
+        data = b"".join(bytes(table[ch] for ch in tok.convert_ids_to_tokens(int(t))) for t in w[1:])
+        raw += len(data)
+        expected += len(data.decode("utf-8", errors="replace").encode("utf-8"))
+    assert expected != raw  # some window boundary does cut a character
+    assert perplexity(model, tok, windows).n_bytes == expected
 
 
 def test_non_finite_loss_is_reported(tiny_model_dir):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qsink.measure.attribution import attribute_channels, ffn_quadratic_analysis, quadratic_form, spectrum_summary
-from tests.measure.test_profiler import MARKER_CH, SPIKE_CH, V, planted_spike_model, tok, windows  # noqa: F401
+from tests.conftest import MARKER_CH, SPIKE_CH, V, planted_spike_model
 
 
 def test_planted_spike_is_attributed_to_the_blocks_that_inject_and_remove_it(tok, windows):

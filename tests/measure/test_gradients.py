@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from qsink.measure.gradients import gradient_norms, gradient_sink_ratio, gradient_sinks
-from tests.measure.test_profiler import _tiny, sink_model, tok, windows  # noqa: F401
+from tests.conftest import tiny_llama
+from tests.measure.conftest import sink_model
 
 
 def test_gradients_match_an_independent_autograd_computation(tok, windows):
-    model = _tiny(tok, layers=2)
+    model = tiny_llama(tok, layers=2)
     x = windows.input_ids[:2]
     norms = gradient_norms(model, x)
     # independently: grad of each window's loss w.r.t. layer 1's v_proj output via autograd.grad

@@ -5,7 +5,8 @@ import torch
 
 from qsink.data import load_corpus
 from qsink.data.windows import make_windows
-from qsink.measure import ProfileSettings, profile
+from qsink.measure.collect import profile
+from qsink.measure.options import ProfileSettings
 
 pytestmark = pytest.mark.slow
 

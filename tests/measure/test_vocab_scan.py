@@ -3,7 +3,7 @@
 import pytest
 
 from qsink.measure.vocab_scan import vocab_scan
-from tests.measure.test_profiler import planted_spike_model, tok, windows  # noqa: F401
+from tests.conftest import planted_spike_model
 
 
 def test_only_the_planted_token_spikes(tok):

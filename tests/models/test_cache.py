@@ -17,13 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-import qsink.config
-from qsink.config import sha256_cached
+import qsink.files
+from qsink.files import sha256_cached
 from qsink.errors import QsinkError
 from qsink.models import checkpoint_dir, load, resolve
-from qsink.models.loader import SOURCE_FILE, _write_cache, gguf_cache_dir
-from tests.conftest import make_tokenizer
-from tests.models.test_loader import write_small_gguf
+from qsink.models.gguf_cache import SOURCE_FILE, _write_cache, gguf_cache_dir
+from tests.conftest import make_tokenizer, write_small_gguf
 
 REPO = Path(__file__).resolve().parents[2]
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])
@@ -230,7 +229,7 @@ def test_stale_temp_dirs_are_swept_unless_their_lock_is_held(home, tiny_gguf):
 
 def test_sha256_memo_sees_an_edit_whose_mtime_was_restored(home, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(qsink.config, "sha256_file", lambda p: calls.append(p) or hashlib.sha256(Path(p).read_bytes()).hexdigest())
+    monkeypatch.setattr(qsink.files, "sha256_file", lambda p: calls.append(p) or hashlib.sha256(Path(p).read_bytes()).hexdigest())
     f = tmp_path / "weights.bin"
     f.write_bytes(b"a" * 4096)
     first = sha256_cached(f, settle_ns=0)
@@ -244,7 +243,7 @@ def test_sha256_memo_sees_an_edit_whose_mtime_was_restored(home, tmp_path, monke
 
 def test_sha256_of_a_just_changed_file_is_not_remembered(home, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(qsink.config, "sha256_file", lambda p: calls.append(p) or hashlib.sha256(Path(p).read_bytes()).hexdigest())
+    monkeypatch.setattr(qsink.files, "sha256_file", lambda p: calls.append(p) or hashlib.sha256(Path(p).read_bytes()).hexdigest())
     f = tmp_path / "weights.bin"
     f.write_bytes(b"a" * 4096)
     sha256_cached(f)

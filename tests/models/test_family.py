@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from qsink.data.windows import Windows
 from qsink.errors import QsinkError
-from qsink.measure import profile
+from qsink.measure.collect import profile
 from qsink.models.family import VARIANTS, QsinkConfig, QsinkForCausalLM
 from qsink.models.family.modeling import DynamicTanh, apply_rope, rope_cos_sin
 from qsink.quant import get_scheme, quantize_, set_mode

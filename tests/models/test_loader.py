@@ -2,26 +2,12 @@
 
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
 from qsink.errors import QsinkError
 from qsink.models import check_safetensors, load, resolve
-
-
-def write_small_gguf(path, n_tensors=4):
-    import gguf
-
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(1)
-    for i in range(n_tensors):
-        w.add_tensor(f"blk.0.t{i}.weight", np.arange(4096, dtype=np.float32).reshape(64, 64))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+from tests.conftest import write_small_gguf
 
 
 def test_hf_dir_loads_and_resolves(tiny_model_dir):

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from qsink.errors import QsinkError
-from qsink.results import RecordStore, make_record
+from qsink.records import RecordStore, make_record
 from qsink.results.study import build_study, fill_blocks, handling_summary, split_seed, spread, study_frame
 from tests.conftest import run_cli as run
 

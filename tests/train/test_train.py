@@ -72,9 +72,9 @@ def test_short_run_loss_falls_and_loads_everywhere(sample_text_file, tmp_path):
     assert res.step == 60
     first, last = res.history[0]["val_loss"], res.history[-1]["val_loss"]
     assert last < first - 0.5
-    from qsink.data.corpora import load_text_file
+    from qsink.data.text import load_text_file
     from qsink.data.windows import make_windows
-    from qsink.measure import profile
+    from qsink.measure.collect import profile
     from qsink.models import load
 
     model, tok = load(str(out), log=lambda m: None)  # a plain HF checkpoint directory

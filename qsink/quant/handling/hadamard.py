@@ -16,7 +16,7 @@ says which mode ran (``mode: residual`` or ``mode: online``); online costs one H
 per linear per forward.
 
 Without quantization the model computes the same function (tested to 1e-4 for every norm variant).
-Sizes that are not powers of two use Paley constructions (:mod:`qsink.quant.hadamard`). QuaRot's
+Sizes that are not powers of two use Paley constructions (:mod:`qsink.quant.hadamard_matrices`). QuaRot's
 per-head rotation of v/o is not applied.
 """
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from qsink.quant.hadamard import apply_hadamard, hadamard_factors, random_hadamard
+from qsink.quant.hadamard_matrices import apply_hadamard, hadamard_factors, random_hadamard
 from qsink.quant.handling.base import Handler, register
 from qsink.quant.handling.gptq import GPTQ
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from qsink.measure.collect import profile
+from qsink.measure.options import ProfileSettings
 from qsink.quant.handling.base import Handler, needs_acts, register
 
 
@@ -32,8 +34,6 @@ class TokenKeep(Handler):
         needs_acts(self, scheme)
 
     def prepare(self, model, adapter, calib, scheme) -> None:
-        from qsink.measure import ProfileSettings, profile
-
         p = profile(model, self.tokenizer, calib, ProfileSettings(massive_abs=self.massive_abs, massive_ratio=self.massive_ratio,
                                                        attn_windows=0)).to_dict()
         n = calib.n_windows

@@ -6,12 +6,13 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from qsink.data.corpora import Text
+from qsink.data.text import Text
 from qsink.data.windows import make_windows
 from qsink.errors import QsinkError
 from qsink.evaluate.perplexity import perplexity
 from qsink.quant import get_scheme, quantize_
-from qsink.quant.ablate import exempt, linear_ablation, qlinears
+from qsink.evaluate.ablate import linear_ablation
+from qsink.quant.exempt import exempt, qlinears
 from tests.conftest import SAMPLE_TEXT, make_tokenizer
 
 

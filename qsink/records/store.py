@@ -8,9 +8,9 @@ import re
 import tempfile
 from pathlib import Path
 
-from qsink.config import atomic_write_text
+from qsink.files import atomic_write_text
 from qsink.errors import QsinkError
-from qsink.results.record import SCHEMA
+from qsink.records.record import SCHEMA
 
 # what the readers of each schema need in every record; MAPPINGS must be JSON objects
 REQUIRED = {SCHEMA: ("key", "status", "identity", "config", "metrics")}

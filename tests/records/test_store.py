@@ -5,7 +5,7 @@ import json
 import pytest
 
 from qsink.errors import QsinkError
-from qsink.results import RecordStore, make_record
+from qsink.records import RecordStore, make_record
 from tests.conftest import run_cli
 
 

@@ -1,4 +1,6 @@
-"""Evaluation matrices as YAML recipes: ``qsink evaluate --recipe recipes/eval/NAME.yaml``.
+"""Planning an evaluation: the matrix of cells (models x schemes x outlier handling) and its settings,
+from command-line options, a YAML recipe (``qsink evaluate --recipe recipes/eval/NAME.yaml``) or a
+sweep's ``evaluate:`` block.
 
 A recipe names the models and the axes of the matrix, plus any ``qsink evaluate`` option by its
 long name with dashes as underscores (``max_tokens``, ``calib_data`` ...). ``include:`` works as in
@@ -14,16 +16,20 @@ training recipes. Options given on the command line win over the recipe. Example
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from qsink.config import load_yaml
 from qsink.errors import QsinkError
-from qsink.evaluate.runner import plan_cells
+from qsink.evaluate.lmeval import check_tasks
 from qsink.evaluate.settings import EvalSettings
+from qsink.files import load_yaml
+from qsink.validate import split_names
+from qsink.quant import check_combination, get_scheme
+from qsink.quant.backends.bnb import check as check_bnb
 
-LISTS = ("models", "schemes", "handling", "tasks", "include")
-SCALARS = ("data", "ctx", "max_tokens", "batch_size", "calib", "calib_data", "backend", "dtype", "device", "seed",
-           "limit", "num_fewshot", "profile_samples", "out")
+LISTS = ("models", "schemes", "handling", "tasks", "include")  # matrix axes and other lists
+NOT_IN_FILES = ("force", "trust_remote_code")  # command-line only
+SCALARS = ("data", "out") + tuple(f.name for f in fields(EvalSettings) if f.name not in LISTS + NOT_IN_FILES)
 REMOTE_CODE = ("eval recipe {path}: trust_remote_code cannot be set in a file (a recipe must not turn on code execution "
                "behind the user's back); remove the key and pass --trust-remote-code on the command line if you trust the model")
 
@@ -55,10 +61,48 @@ def load_eval_recipe(path: str | Path) -> dict:
     return out
 
 
-def split_names(values) -> list[str]:
-    """``["a,b", "c"]`` or ``"a,b"`` -> ``["a", "b", "c"]``."""
-    values = [values] if isinstance(values, str) else list(values or [])
-    return [n.strip() for v in values for n in str(v).split(",") if n.strip()]
+@dataclass(frozen=True)
+class Cell:
+    scheme: str
+    handling: str = "none"
+
+    @property
+    def label(self) -> str:
+        return self.scheme if self.handling == "none" else f"{self.scheme}+{self.handling}"
+
+
+def plan_cells(schemes: list[str], handlings: list[str], backend: str = "fake") -> tuple[list[Cell], list[str]]:
+    """The cross product with fp once and incompatible pairs dropped, and why each was dropped.
+
+    A single requested pair that is incompatible is an error (nothing else would run)."""
+    for s in schemes:
+        get_scheme(s)
+    cells, dropped = [Cell("fp")], []
+    for s in schemes:
+        for h in handlings:
+            if s == "fp" or Cell(s, h) in cells:
+                continue
+            try:
+                check_combination(get_scheme(s), h)
+                if backend == "bnb":
+                    check_bnb(s, h)
+            except QsinkError as e:
+                if len(schemes) * len(handlings) == 1:
+                    raise
+                dropped.append(f"{s}+{h}: {e}")
+                continue
+            cells.append(Cell(s, h))
+    return cells, dropped
+
+
+def with_recipe(recipe: dict, options: dict, given: set[str]) -> dict:
+    """The recipe's values under the command line's: an option in ``given`` (typed on the command line)
+    wins, every other option takes the recipe's value where it has one."""
+    merged = dict(options)
+    for key, value in recipe.items():
+        if key not in given:
+            merged[key] = Path(value) if key == "out" else value
+    return merged
 
 
 def plan_matrix(opts: dict, force: bool = False):
@@ -69,7 +113,5 @@ def plan_matrix(opts: dict, force: bool = False):
     cells, dropped = plan_cells(split_names(opts.get("schemes") or ["fp"]), split_names(opts.get("handling") or ["none"]),
                                 settings.backend)
     if settings.tasks:
-        from qsink.evaluate.lmeval import check_tasks
-
         check_tasks(list(settings.tasks))  # before anything is loaded
     return cells, dropped, list(settings.tasks), settings

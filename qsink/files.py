@@ -1,4 +1,5 @@
-"""Settings shared by every stage: where qsink keeps its cache, and file hashing."""
+"""Files, below every stage: atomic writes, sha256 (remembered for large files), the cache root,
+and YAML recipes with ``include:``."""
 
 from __future__ import annotations
 
@@ -112,7 +113,10 @@ def load_yaml(path: str | Path, _seen: tuple = ()) -> dict:
     include = raw.pop("include", None)
     if include is None:
         return raw
+    includes = [include] if isinstance(include, str) else include
+    if not isinstance(includes, list) or not all(isinstance(i, str) and i for i in includes):
+        raise QsinkError(f"recipe {path}: include must be a file name or a list of file names, not {include!r}")
     base: dict = {}
-    for inc in [include] if isinstance(include, str) else include:
+    for inc in includes:
         base = merge_dicts(base, load_yaml(path.parent / inc, _seen + (path,)))
     return merge_dicts(base, raw)

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from qsink.errors import QsinkError
-from qsink.evaluate.recipe import load_eval_recipe
-from qsink.evaluate.runner import plan_cells
+from qsink.evaluate.plan import load_eval_recipe
+from qsink.evaluate.plan import plan_cells
 
 ROOT = Path(__file__).resolve().parents[2] / "recipes" / "eval"
 

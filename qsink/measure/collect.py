@@ -36,31 +36,12 @@ import torch
 from qsink.data.windows import Windows
 from qsink.errors import QsinkError
 from qsink.measure import stats
-from qsink.measure.profile import Profile
+from qsink.measure.attention import capture_attention
+from qsink.measure.document import Profile
 from qsink.models.adapter import adapter_for
-from qsink.validate import at_least, check_types
+from qsink.measure.options import ProfileSettings
 
 MAX_MASSIVE_PER_LAYER_WINDOW = 256  # cap on stored (position, channel) hits; the count stays exact
-
-
-@dataclass
-class ProfileSettings:
-    top_k: int = 8
-    massive_abs: float = 100.0  # |h| above this ...
-    massive_ratio: float = 1000.0  # ... and above this times the layer median
-    sink_eps: float = 0.3
-    attn_windows: int | None = None  # windows that run eager attention (None: all; 0: no sink statistics)
-
-    def __post_init__(self):
-        check_types(self, flags=True)
-        at_least(flags=True, top_k=(self.top_k, 1), attn_windows=(self.attn_windows, 0))
-        if not (self.massive_abs > 0 and self.massive_ratio > 0):
-            raise QsinkError("--massive-abs and --massive-ratio must be positive")
-        if not 0 < self.sink_eps < 1:
-            raise QsinkError(f"--sink-eps is a share of attention and must lie strictly between 0 and 1, not {self.sink_eps}")
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 @dataclass
@@ -170,27 +151,12 @@ def _hooks(col: _Collector):
                 lambda m, i, o, l=l: col.residual(l + 1, o[0] if isinstance(o, tuple) else o)))
             handles.append(ad.norm_before_attention(block).register_forward_hook(
                 lambda m, i, o, l=l: col.norm_output(l, o)))
-            handles.append(ad.attention(block).register_forward_hook(
-                lambda m, i, o, l=l: col.attention(l, o[1] if isinstance(o, tuple) and len(o) > 1 else None)))
             for name, lin in ad.linears(block).items():
                 handles.append(lin.register_forward_pre_hook(lambda m, args, l=l, name=name: col.linear_input(l, name, args[0])))
         yield
     finally:
         for h in handles:
             h.remove()
-
-
-@contextlib.contextmanager
-def _attention_impl(model, impl: str):
-    old = model.config._attn_implementation
-    if old == impl:
-        yield
-        return
-    model.set_attn_implementation(impl)
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(old)
 
 
 @torch.inference_mode()
@@ -222,7 +188,7 @@ def profile(
             col.window, col.want_attn = start, start < n_attn
             col.ids = windows.input_ids[start:stop]
             col.flagged = {}
-            with _attention_impl(model, "eager") if col.want_attn else contextlib.nullcontext():
+            with capture_attention(model, col.attention) if col.want_attn else contextlib.nullcontext():
                 model(input_ids=col.ids.to(device), use_cache=False)
             if on_batch:
                 on_batch(stop - start)

@@ -1,0 +1,125 @@
+"""``qsink bench``: performance ratios measured side by side in one run (never timed tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from qsink.cli.common import DEVICE_HELP, bench_app, log, stdout
+from qsink.validate import at_least, check_device, check_file_target
+
+
+def _bench_check(out_file: Path, device: str, **counts) -> None:
+    """A benchmark's options, checked before its model loads (a context needs 2 tokens, counts 1)."""
+    check_file_target(out_file, "--out")
+    check_device(device)
+    at_least(flags=True, **{k: (v, 2 if k == "ctx" else 1) for k, v in counts.items()})
+
+
+@bench_app.command("measure")
+def bench_measure_cmd(
+    model: str = typer.Argument("smollm2-135m"),
+    samples: int = typer.Option(16, "--samples", "-n"),
+    ctx: int = typer.Option(512, "--ctx"),
+    repeats: int = typer.Option(2, "--repeats"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    out_file: Path = typer.Option(Path("results/bench/measure.json"), "--out"),
+) -> None:
+    """Wall time of `qsink measure` / a plain forward with output_hidden_states=True (target <= 1.5)."""
+    from qsink.bench import bench_inputs, bench_measure, write_json
+
+    _bench_check(out_file, device, samples=samples, ctx=ctx, repeats=repeats)
+    m, tok, text = bench_inputs(model, device, log)
+    doc = bench_measure(m, tok, text, samples=samples, ctx=ctx, repeats=repeats, log=log)
+    doc["model"] = model
+    write_json(doc, out_file)
+    stdout.print(f"measure / plain forward = {doc['ratio']:.2f} (best of {repeats}: {doc['best_s']['measure']:.1f} s vs "
+              f"{doc['best_s']['plain_forward_hidden_states']:.1f} s, {samples} x {ctx} tokens); wrote {out_file}", highlight=False)
+
+
+@bench_app.command("ppl")
+def bench_ppl_cmd(
+    model: str = typer.Argument("smollm2-135m"),
+    windows: int = typer.Option(8, "--windows", "-n"),
+    ctx: int = typer.Option(512, "--ctx"),
+    repeats: int = typer.Option(2, "--repeats"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    out_file: Path = typer.Option(Path("results/bench/ppl.json"), "--out"),
+) -> None:
+    """fp perplexity wall time: lm-eval's rolling-loglikelihood scorer / qsink on the same windows (target >= 1), and agreement."""
+    from qsink.bench import bench_inputs, bench_ppl, write_json
+
+    _bench_check(out_file, device, windows=windows, ctx=ctx, repeats=repeats)
+    m, tok, text = bench_inputs(model, device, log)
+    doc = bench_ppl(m, tok, text, windows_n=windows, ctx=ctx, repeats=repeats, log=log)
+    doc["model"] = model
+    write_json(doc, out_file)
+    stdout.print(f"ppl qsink {doc['ppl_qsink']:.4f} vs lm-eval {doc['ppl_lm_eval_same_windows']:.4f} (rel diff {doc['ppl_rel_diff']:.1e}); "
+              f"lm-eval / qsink wall time: {doc['speed_ratio_same_windows']:.2f} on the same windows, "
+              f"{doc['speed_ratio_rolling_per_token']:.2f} per token for its own rolling windows; {out_file}", highlight=False)
+
+
+@bench_app.command("quant")
+def bench_quant_cmd(
+    model: str = typer.Argument("smollm2-135m"),
+    windows: int = typer.Option(8, "--windows", "-n"),
+    ctx: int = typer.Option(512, "--ctx"),
+    repeats: int = typer.Option(2, "--repeats"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    out_file: Path = typer.Option(Path("results/bench/quant.json"), "--out"),
+) -> None:
+    """Perplexity wall time of w8a8 and w4a4+hadamard / fp on the same windows (targets 1.3 and 1.6)."""
+    from qsink.bench import bench_inputs, bench_quant, write_json
+    from qsink.data import load_corpus
+
+    _bench_check(out_file, device, windows=windows, ctx=ctx, repeats=repeats)
+    m, tok, text = bench_inputs(model, device, log)
+    doc = bench_quant(m, tok, text, load_corpus("austen", "train", log=log),
+                      windows_n=windows, ctx=ctx, repeats=repeats, log=log)
+    doc["model"] = model
+    write_json(doc, out_file)
+    for k, v in doc["ratio"].items():
+        stdout.print(f"{k} / fp = {v:.2f} (best of {repeats}: {doc['best_s'][k]:.1f} s vs {doc['best_s']['fp']:.1f} s)", highlight=False)
+    stdout.print(f"wrote {out_file}")
+
+
+@bench_app.command("train")
+def bench_train_cmd(
+    recipe: Path = typer.Argument(Path("recipes/variants/base.yaml")),
+    steps: int = typer.Option(20, "--steps"),
+    out_file: Path = typer.Option(Path("results/bench/train.json"), "--out"),
+) -> None:
+    """Training tokens/s against a minimal plain PyTorch loop (target >= 0.9), and MFU against a measured matmul peak."""
+    from qsink.bench import bench_train, write_json
+    from qsink.train import load_recipe
+
+    _bench_check(out_file, "auto", steps=steps)
+    doc = bench_train(load_recipe(recipe), steps=steps, log=log)
+    write_json(doc, out_file)
+    stdout.print(f"qsink {doc['qsink_tokens_per_s']:.0f} tok/s vs plain loop {doc['plain_loop_tokens_per_s']:.0f} tok/s "
+              f"= {doc['ratio']:.2f}; MFU {100 * doc['mfu']:.1f}% of a measured {doc['matmul_peak_gflops']:.0f} GFLOP/s; wrote {out_file}",
+              highlight=False)
+
+
+@bench_app.command("all")
+def bench_all_cmd(
+    model: str = typer.Argument("smollm2-135m"),
+    recipe: Path = typer.Option(Path("recipes/variants/base.yaml"), "--recipe", help="Training recipe for the training ratio."),
+    windows: int = typer.Option(8, "--windows", "-n"),
+    ctx: int = typer.Option(512, "--ctx"),
+    repeats: int = typer.Option(2, "--repeats"),
+    train_steps: int = typer.Option(20, "--train-steps"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    out_file: Path = typer.Option(Path("results/bench/all.json"), "--out"),
+) -> None:
+    """Every ratio in one run on one machine: schemes / fp, measure / forward, lm-eval / qsink, training / plain loop, MFU, peak RSS."""
+    from qsink.bench import bench_all, write_json
+
+    _bench_check(out_file, device, windows=windows, ctx=ctx, repeats=repeats, train_steps=train_steps)
+    doc = bench_all(model, recipe, windows=windows, ctx=ctx, repeats=repeats, train_steps=train_steps, device=device, log=log)
+    write_json(doc, out_file)
+    for k, v in doc["ratios"].items():
+        stdout.print(f"{k}: {v:.2f}", highlight=False)
+    stdout.print(f"MFU {100 * doc['mfu']:.1f}% of {doc['matmul_peak_gflops']:.0f} GFLOP/s; peak RSS {doc['peak_rss_mib']:.0f} MiB; "
+              f"wrote {out_file}", highlight=False)

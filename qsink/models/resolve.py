@@ -1,0 +1,120 @@
+"""Resolve a model spec to files on disk and check that they look sound, without loading weights.
+
+A spec is one of:
+
+* a built-in name (``qsink models`` lists them);
+* a ``.gguf`` file: transformers dequantizes it to float once (slow: ~25 s for SmolLM2 here),
+  and qsink caches the result as safetensors in ``$QSINK_HOME/models/gguf-<sha256>/``, checked
+  against the sha256 of each file on every use and rebuilt when damaged;
+* a Hugging Face checkpoint directory with ``config.json`` and safetensors weights. Pickle
+  weights (``.bin``, ``.pt``) are refused: loading them can run arbitrary code.
+
+Resolution (:func:`resolve`) touches no weights beyond hashing, so a results cell can be looked up
+before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from qsink.errors import QsinkError
+from qsink.files import sha256_cached
+from qsink.models.zoo import BUILTINS
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    spec: str  # what the user typed
+    kind: str  # "builtin", "gguf" or "hf"
+    source: Path  # the file or directory the weights come from
+    sha256: str  # of the GGUF file, or of the safetensors files of a directory
+    name: str  # short display name
+
+    def to_dict(self) -> dict:
+        return {"spec": self.spec, "kind": self.kind, "source": str(self.source), "sha256": self.sha256, "name": self.name}
+
+
+def resolve(spec: str | ResolvedModel) -> ResolvedModel:
+    """Find the files behind ``spec`` and check that they look sound, without loading weights."""
+    if isinstance(spec, ResolvedModel):
+        return spec
+    path = Path(spec).expanduser()
+    if spec in BUILTINS:
+        builtin = BUILTINS.get(spec)
+        gguf_path = builtin.locate()
+        if gguf_path is None:
+            raise QsinkError(f"built-in model {spec!r} is not installed; run: {builtin.install}")
+        _check_gguf(gguf_path)
+        return ResolvedModel(spec, "builtin", gguf_path, sha256_cached(gguf_path), spec)
+    if not path.exists():
+        close = difflib.get_close_matches(spec, BUILTINS.names(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else "; check the spelling or run 'qsink models'"
+        raise QsinkError(
+            f"model {spec!r} is neither an existing path nor a built-in name "
+            f"(built-ins: {', '.join(BUILTINS.names())}){hint}"
+        )
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise QsinkError(f"{path} is a file but not a .gguf; pass a .gguf file or a Hugging Face checkpoint directory")
+        _check_gguf(path)
+        return ResolvedModel(spec, "gguf", path.resolve(), sha256_cached(path), path.stem)
+    shards = _check_hf_dir(path)
+    combined = hashlib.sha256("".join(sha256_cached(s) for s in shards).encode()).hexdigest()
+    return ResolvedModel(spec, "hf", path.resolve(), combined, path.resolve().name)
+
+
+def _check_gguf(path: Path) -> None:
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise QsinkError(f"{path} is not a GGUF file (bad magic bytes); re-download or re-export it")
+    try:
+        import gguf
+
+        gguf.GGUFReader(path)
+    except Exception as e:  # gguf raises ValueError/IndexError/struct.error on damage
+        raise QsinkError(f"{path} is a corrupt or truncated GGUF file ({e}); re-download or re-export it") from None
+
+
+def _check_hf_dir(path: Path) -> list[Path]:
+    if not (path / "config.json").is_file():
+        raise QsinkError(f"{path} has no config.json, so it is not a Hugging Face checkpoint directory; pass the directory that holds config.json")
+    try:
+        json.loads((path / "config.json").read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise QsinkError(f"{path / 'config.json'} is not valid JSON ({e}); re-save the checkpoint") from None
+    shards = sorted(path.glob("*.safetensors"))
+    if not shards:
+        pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise QsinkError(
+                f"{path} holds only pickle weights ({', '.join(pickles[:3])}), which qsink refuses to load "
+                "because unpickling can run arbitrary code; convert them to safetensors (save_pretrained(..., safe_serialization=True))"
+            )
+        raise QsinkError(f"{path} has no *.safetensors weights; save the model with save_pretrained first")
+    for shard in shards:
+        check_safetensors(shard)
+    return shards
+
+
+def check_safetensors(path: Path) -> None:
+    """Verify a safetensors file's header and that its size matches what the header declares."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n <= 0 or 8 + n > size:
+                raise ValueError("header length exceeds the file")
+            header = json.loads(f.read(n))
+        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+        if 8 + n + max(ends, default=0) != size:
+            raise ValueError(f"file has {size} bytes, header expects {8 + n + max(ends, default=0)}")
+    except (ValueError, KeyError, TypeError, struct.error) as e:
+        raise QsinkError(f"{path} is a corrupt or truncated safetensors file ({e}); re-download or re-save it") from None
