@@ -19,7 +19,7 @@ from qsink.evaluate.settings import EvalSettings
 from qsink.models import load
 
 
-def _register() -> None:
+def register() -> None:
     from lm_eval.api.registry import register_model
     from lm_eval.models.huggingface import HFLM
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         from lm_eval.__main__ import cli_evaluate
     except ImportError:
         sys.exit("error: qsink-lm-eval needs lm-eval; pip install 'qsink[eval]'")
-    _register()
+    register()
     tasks = []
     for i, a in enumerate(argv):
         if a == "--tasks" and i + 1 < len(argv):

@@ -68,3 +68,38 @@ def test_weight_only_schemes_have_no_act_rows_and_bad_parts_are_refused(setup):
     with exempt(lin, "weight"):
         assert torch.equal(lin.weight_q, lin.weight_fp)
     assert torch.equal(lin.weight_q, before)
+
+
+def test_ablate_command_stores_a_record_and_python_gives_the_same(tiny_model_dir, sample_text_file, tmp_path, capsys):
+    """``qsink ablate`` writes one record of schema qsink.ablation/1 through the store; a rerun finds it
+    (nothing recomputed); :func:`ablate` called from Python with the same inputs returns that record."""
+    import json
+
+    from qsink.data import load_text_file
+    from qsink.evaluate.ablate import ABLATION_SCHEMA, ablate
+    from qsink.evaluate.settings import EvalSettings
+    from qsink.records import RecordStore
+    from tests.conftest import run_cli
+
+    out = tmp_path / "abl"
+    argv = ["ablate", str(tiny_model_dir), "--scheme", "w8a8", "--data", f"file:{sample_text_file}", "--calib-data",
+            f"file:{sample_text_file}", "--ctx", "32", "--max-tokens", "128", "--calib", "2", "--only", "^0\\.",
+            "--out", str(out)]
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0, err
+    (path,) = out.glob("*.json")
+    doc = json.loads(path.read_text())
+    assert doc["schema"] == ABLATION_SCHEMA and doc["status"] == "ok" and doc["identity"]["only"] == "^0\\."
+    assert {r["linear"].split(".")[0] for r in doc["rows"]} == {"0"} and len(doc["rows"]) == 2 * 7
+    assert doc["delta_ppl_pct"] == pytest.approx(100 * (doc["ppl"] / doc["fp_ppl"] - 1))
+    mtime = path.stat().st_mtime_ns
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0 and "already existed" in err and path.stat().st_mtime_ns == mtime
+    text = load_text_file(sample_text_file)
+    settings = EvalSettings(ctx=32, max_tokens=128, calib=2, calib_data=f"file:{sample_text_file}", batch_size=8)
+    again = ablate(str(tiny_model_dir), "w8a8", "none", text, text, settings, RecordStore(out), only="^0\\.",
+                   log=lambda m: None)
+    assert again.skipped and again.path == path and again.doc == doc
+    fresh = ablate(str(tiny_model_dir), "w8a8", "none", text, text, settings, RecordStore(tmp_path / "other"),
+                   only="^0\\.", log=lambda m: None)
+    assert not fresh.skipped and fresh.doc["rows"] == doc["rows"] and fresh.doc["key"] == doc["key"]

@@ -86,3 +86,20 @@ def test_standard_task_without_the_hub_fails_fast_with_one_clear_error(tiny_long
     _, model, tok = tiny_long
     with pytest.raises(QsinkError, match="standard lm-eval tasks need the Hugging Face hub"):
         run_tasks(model, tok, ["arc_easy"], limit=2, log=lambda m: None)
+
+
+def test_qsink_model_type_takes_the_settings_guards(tiny_long, qsink_home):
+    """lm-eval's qsink model goes through EvalSettings: a test split for calibration and an unknown
+    pair are refused before the model is loaded, as in ``qsink evaluate``."""
+    from lm_eval.api.registry import get_model
+
+    from qsink.evaluate.lmeval_cli import register
+
+    register()
+    qsink_lm = get_model("qsink")
+    with pytest.raises(QsinkError, match="must not read a test split"):
+        qsink_lm(pretrained=str(tiny_long[0]), scheme="w8a8", calib_data="austen:test")
+    with pytest.raises(QsinkError, match="quantizes no activations"):
+        qsink_lm(pretrained=str(tiny_long[0]), scheme="w4a16", handling="smoothquant")
+    with pytest.raises(QsinkError, match=r"ctx \(--ctx\) must be a whole number"):
+        qsink_lm(pretrained=str(tiny_long[0]), ctx="long")

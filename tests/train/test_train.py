@@ -199,16 +199,21 @@ def test_explore_probe_known_answers():
     assert top == pytest.approx(1e4) and bos_ratio == pytest.approx(ratio) and ratio > 100
 
 
+def _tiny_recipe_file(path, text_file, name: str, extra: str = ""):
+    """A YAML recipe for a 3-step run of a 1-layer model on ``text_file``."""
+    path.write_text(
+        f"name: {name}\ndata: ['file:{text_file}']\nval_data: 'file:{text_file}'\nvocab_size: 300\n"
+        "seq_len: 32\nbatch_size: 4\nsteps: 3\nwarmup: 1\neval_batches: 1\n" + extra
+        + "model: {hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2}\n")
+    return path
+
+
 def test_cli_seed_override_changes_the_run_and_is_recorded(sample_text_file, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from qsink.cli import app
 
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        f"name: seeded\ndata: ['file:{sample_text_file}']\nval_data: 'file:{sample_text_file}'\nvocab_size: 300\n"
-        "seq_len: 32\nbatch_size: 4\nsteps: 3\nwarmup: 1\neval_every: 3\nckpt_every: 3\neval_batches: 1\n"
-        "model: {hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2}\n")
+    recipe = _tiny_recipe_file(tmp_path / "r.yaml", sample_text_file, "seeded", "eval_every: 3\nckpt_every: 3\n")
     monkeypatch.chdir(tmp_path)
     for seed in (None, 5):
         args = ["train", str(recipe), "--device", "cpu"] + ([] if seed is None else ["--seed", str(seed)])
@@ -270,11 +275,7 @@ def test_empty_out_dir_is_used(sample_text_file, tmp_path):
 def test_cli_train_refuses_an_out_dir_with_other_files(sample_text_file, tmp_path, capsys):
     from tests.conftest import run_cli
 
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        f"name: cli\ndata: ['file:{sample_text_file}']\nval_data: 'file:{sample_text_file}'\nvocab_size: 300\n"
-        "seq_len: 32\nbatch_size: 4\nsteps: 3\nwarmup: 1\neval_batches: 1\n"
-        "model: {hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2}\n")
+    recipe = _tiny_recipe_file(tmp_path / "r.yaml", sample_text_file, "cli")
     out = tmp_path / "d"
     out.mkdir()
     (out / "precious.txt").write_text("x")
