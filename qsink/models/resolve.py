@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qsink.errors import QsinkError
-from qsink.files import sha256_cached
+from qsink.files import atomic_write_text, qsink_home, sha256_cached
 from qsink.models.zoo import BUILTINS
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -41,18 +41,20 @@ class ResolvedModel:
         return {"spec": self.spec, "kind": self.kind, "source": str(self.source), "sha256": self.sha256, "name": self.name}
 
 
-def resolve(spec: str | ResolvedModel) -> ResolvedModel:
-    """Find the files behind ``spec`` and check that they look sound, without loading weights."""
+def resolve(spec: str | ResolvedModel, log=print) -> ResolvedModel:
+    """Find the files behind ``spec`` and check that they look sound, without loading weights (a
+    chunked built-in is assembled from its packages the first time, with one ``log`` line)."""
     if isinstance(spec, ResolvedModel):
         return spec
     path = Path(spec).expanduser()
     if spec in BUILTINS:
         builtin = BUILTINS.get(spec)
         gguf_path = builtin.locate()
+        if gguf_path is None and builtin.parts:
+            gguf_path = builtin.assemble(log=log)  # names the chunk packages that are missing
         if gguf_path is None:
             raise QsinkError(f"built-in model {spec!r} is not installed; run: {builtin.install}")
-        _check_gguf(gguf_path)
-        return ResolvedModel(spec, "builtin", gguf_path, sha256_cached(gguf_path), spec)
+        return ResolvedModel(spec, "builtin", gguf_path, _checked_gguf(gguf_path), spec)
     if not path.exists():
         close = difflib.get_close_matches(spec, BUILTINS.names(), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else "; check the spelling or run 'qsink models'"
@@ -63,11 +65,29 @@ def resolve(spec: str | ResolvedModel) -> ResolvedModel:
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise QsinkError(f"{path} is a file but not a .gguf; pass a .gguf file or a Hugging Face checkpoint directory")
-        _check_gguf(path)
-        return ResolvedModel(spec, "gguf", path.resolve(), sha256_cached(path), path.stem)
+        return ResolvedModel(spec, "gguf", path.resolve(), _checked_gguf(path), path.stem)
     shards = _check_hf_dir(path)
     combined = hashlib.sha256("".join(sha256_cached(s) for s in shards).encode()).hexdigest()
     return ResolvedModel(spec, "hf", path.resolve(), combined, path.resolve().name)
+
+
+def _checked_gguf(path: Path) -> str:
+    """The sha256 of a GGUF file that parses. Parsing a large vocabulary takes seconds (12 s for
+    Gemma 3's 262k tokens here), so the content hashes that parsed once are remembered in
+    ``$QSINK_HOME/gguf-parsed.json`` and not parsed again."""
+    digest = sha256_cached(path)
+    memo = qsink_home() / "gguf-parsed.json"
+    try:
+        parsed = set(json.loads(memo.read_text()))
+    except (OSError, ValueError, TypeError):
+        parsed = set()
+    if digest not in parsed:
+        _check_gguf(path)
+        try:
+            atomic_write_text(memo, json.dumps(sorted(parsed | {digest})))
+        except OSError:
+            pass  # a read-only cache only costs a parse next time
+    return digest
 
 
 def _check_gguf(path: Path) -> None:

@@ -119,8 +119,13 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
     }
 
 
+MODES = ("quant", "off", "calibrate", "sqnr")
+
+
 def set_mode(model: nn.Module, mode: str) -> None:
     """Switch a quantized model's QLinears: 'quant', 'off', 'calibrate' or 'sqnr'."""
+    if mode not in MODES:
+        raise QsinkError(f"unknown quantization mode {mode!r}; use one of {', '.join(MODES)}")
     model.qsink_quant_context.mode = mode
 
 

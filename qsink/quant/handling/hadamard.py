@@ -61,11 +61,11 @@ class Hadamard(Handler):
                 norm = adapter.module(block, norm_path)
                 for r in readers:
                     lin = adapter.module(block, r)
-                    lin.weight.mul_(norm.weight.to(lin.weight.dtype)[None, :])
-                norm.weight.fill_(1.0)
+                    lin.weight.mul_(adapter.norm_scale(norm).to(lin.weight.dtype)[None, :])
+                adapter.unit_norm(norm)
         final = adapter.final_norm(model)
-        head.weight.mul_(final.weight.to(head.weight.dtype)[None, :])
-        final.weight.fill_(1.0)
+        head.weight.mul_(adapter.norm_scale(final).to(head.weight.dtype)[None, :])
+        adapter.unit_norm(final)
         # 2. rotate the residual stream
         Q = random_hadamard(D, self.seed)
         emb.weight.copy_((emb.weight.double() @ Q).to(emb.weight.dtype))

@@ -4,8 +4,9 @@ For a linear with input X and weight W, per input channel j:
 ``s_j = max|X_j|^alpha / max|W_:,j|^(1 - alpha)``; X is divided by s and W's column j multiplied by
 it, which leaves ``X W^T`` unchanged. The division is folded into what produces X:
 
-* q/k/v and gate/up read a norm's output: the norm's weight (and bias, for LayerNorm and DyT) is
-  divided by s (one s shared by the linears reading the same norm, using the max over their weights);
+* q/k/v and gate/up read a norm's output: the norm's per-channel factor (and bias, for LayerNorm
+  and DyT) is divided by s (one s shared by the linears reading the same norm, using the max over
+  their weights); for Gemma's ``x * (1 + w)`` that means ``1 + w' = (1 + w)/s``, not ``w/s``;
 * o_proj reads the attention output, linear in v_proj's output: v_proj's output rows are
   divided by s, with s shared by the query heads that share a kv head (grouped-query attention);
 * down_proj reads ``act(gate) * up``, linear in up_proj's output: up_proj's rows are divided by s.
@@ -55,9 +56,7 @@ class SmoothQuant(Handler):
                 norm = adapter.module(block, norm_path)
                 lins = [adapter.module(block, r) for r in readers]
                 s = smooth_scales(stats[(l, readers[0])], [m.weight for m in lins], self.alpha)
-                norm.weight.div_(s.to(norm.weight.dtype))
-                if getattr(norm, "bias", None) is not None:  # LayerNorm, DyT: the shift scales too
-                    norm.bias.div_(s.to(norm.bias.dtype))
+                adapter.divide_norm(norm, s)  # in the norm's own parametrization (Gemma: 1 + w)
                 for m in lins:
                     m.weight.mul_(s.to(m.weight.dtype))
                 self.max_scale = max(self.max_scale, float(s.max()))
