@@ -128,12 +128,15 @@ def load_sweep(path: str | Path, device: str = "auto", out: str | Path | None = 
             for cell in cells:
                 key = f"eval:{model}:{cell.label}"
                 deps = tuple(d for d in (train_key, None if cell.scheme == "fp" else fp_key) if d)
-                if any(j.key == key for j in jobs):
-                    raise QsinkError(f"sweep {path}: {model} [{cell.label}] appears in two evaluate blocks")
-                jobs.append(Job(key, "eval", deps, {"model": model, "scheme": cell.scheme, "handling": cell.handling,
-                                                    "settings": settings.to_dict(),
-                                                    "data": block.get("data"), "records": str(records)},
-                                resources["evaluate"]))
+                payload = {"model": model, "scheme": cell.scheme, "handling": cell.handling,
+                           "settings": settings.to_dict(), "data": block.get("data"), "records": str(records)}
+                same = next((j for j in jobs if j.key == key), None)
+                if same is not None and same.payload == payload:
+                    continue  # the same cell again (every block has its model's fp cell): one job
+                if same is not None:
+                    raise QsinkError(f"sweep {path}: {model} [{cell.label}] appears in two evaluate blocks with "
+                                     "different settings; give it one")
+                jobs.append(Job(key, "eval", deps, payload, resources["evaluate"]))
     if not jobs:
         raise QsinkError(f"sweep {path} has nothing to do: add a 'train' list or an 'evaluate' block")
     # each training job followed by the cells that need it, so finished models come with their results

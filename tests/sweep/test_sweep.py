@@ -166,3 +166,21 @@ def test_kill_minus_9_of_a_pool_worker_then_rerun(sample_text_file, tmp_path):
     finally:
         pool.close()
     assert [r["status"] for r in execute(sw)] == ["skipped", "done", "done"]
+
+
+def test_blocks_that_share_a_cell_run_it_once_and_conflicting_settings_are_refused(tiny_model_dir, sample_text_file,
+                                                                                   tmp_path):
+    """Two evaluate blocks of one model both hold its fp cell: one job, and the second block's cells
+    still depend on it; the same cell under different settings is an error."""
+    block = (f"  - models: ['{tiny_model_dir}']\n    data: 'file:{sample_text_file}'\n    calib_data: 'file:{sample_text_file}'\n"
+             "    ctx: 32\n    max_tokens: 64\n")
+    path = tmp_path / "two.yaml"
+    path.write_text(f"name: two\nout: {tmp_path / 'o'}\nevaluate:\n{block}    schemes: [w8a8]\n{block}    schemes: [w4a16]\n")
+    keys = [j.key for j in load_sweep(path).jobs]
+    m = str(tiny_model_dir)
+    assert keys == [f"eval:{m}:fp", f"eval:{m}:w8a8", f"eval:{m}:w4a16"]
+    assert load_sweep(path).job(f"eval:{m}:w4a16").deps == (f"eval:{m}:fp",)
+    path.write_text(f"name: two\nout: {tmp_path / 'o'}\nevaluate:\n{block}    schemes: [w8a8]\n"
+                    f"{block.replace('max_tokens: 64', 'max_tokens: 96')}    schemes: [w4a16]\n")
+    with pytest.raises(QsinkError, match="appears in two evaluate blocks with different settings"):
+        load_sweep(path)
