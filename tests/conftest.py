@@ -115,6 +115,26 @@ def gemma3(qsink_home):
     return load("gemma3-270m", log=lambda m: None)
 
 
+GEMMA_WIDTH, GEMMA_FFN, GEMMA_HEADS, GEMMA_HEAD_DIM, GEMMA_WINDOW = 48, 96, 2, 24, 8  # widths no power of two
+
+
+def tiny_gemma3(tok, layers: int = 3, seed: int = 0):
+    """A seeded random gemma3_text model; its norm weights are random too, so (1 + w) differs from w."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=GEMMA_WIDTH, intermediate_size=GEMMA_FFN, num_hidden_layers=layers,
+                           num_attention_heads=GEMMA_HEADS, num_key_value_heads=1, head_dim=GEMMA_HEAD_DIM,
+                           sliding_window=GEMMA_WINDOW, max_position_embeddings=128, bos_token_id=tok.bos_token_id,
+                           pad_token_id=0, eos_token_id=1)
+    model = Gemma3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.5)  # far from zero: a w/s fold and a (1 + w)/s - 1 fold disagree
+    return model
+
+
 # --- helpers shared across test packages (import them from here, never from another test module) ---
 
 
@@ -183,3 +203,105 @@ def planted_spike_model(tok, inject_block, cancel_block):
         mlp.up_proj.weight[0, SPIKE_CH] = 1.0
         mlp.down_proj.weight[SPIKE_CH, 0] = -V / (F.silu(torch.tensor(s * x_c)) * x_c)
     return model
+
+
+# Tiny transformers families built offline (tests/models/test_<family>.py): shared known-answer checks.
+
+
+def randomize_norms(model, center: float, std: float = 0.5):
+    """Every norm's weight becomes ``center + N(0, std)`` and its bias (LayerNorm) ``N(0, std)``, so a fold
+    that ignores the norm's parametrization (``1 + w`` vs ``w``, a forgotten bias) changes the function."""
+    with torch.no_grad():
+        for m in model.modules():
+            if "norm" in type(m).__name__.lower():
+                if getattr(m, "weight", None) is not None:
+                    m.weight.normal_(center, std)
+                if getattr(m, "bias", None) is not None:
+                    m.bias.normal_(0.0, std)
+    return model
+
+
+def n_linear_modules(block) -> int:
+    """nn.Linear and transformers' Conv1D modules in a block, counted directly."""
+    from transformers.pytorch_utils import Conv1D
+
+    return sum(isinstance(m, (torch.nn.Linear, Conv1D)) for m in block.modules())
+
+
+def family_windows(tok):
+    """(evaluation windows, calibration windows) of 32 tokens from SAMPLE_TEXT and its reverse."""
+    from qsink.data.text import Text
+    from qsink.data.windows import make_windows
+
+    return (make_windows(tok, Text("s", SAMPLE_TEXT, "0"), ctx=32, max_tokens=4 * 31),
+            make_windows(tok, Text("c", SAMPLE_TEXT[::-1], "0"), ctx=32, max_tokens=3 * 31))
+
+
+def logits_of(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits.float()
+
+
+def residual_states(model, ids, final_norm):
+    """h_0 .. h_L from ``output_hidden_states``, the last one read in front of the final norm (transformers
+    returns it after the norm)."""
+    last = {}
+    handle = final_norm.register_forward_pre_hook(lambda m, a: last.__setitem__("h", a[0].detach()))
+    try:
+        with torch.no_grad():
+            hs = model(input_ids=ids, output_hidden_states=True).hidden_states
+    finally:
+        handle.remove()
+    return list(hs[:-1]) + [last["h"]]
+
+
+def assert_profile_matches(prof: dict, states) -> None:
+    """Per layer, the profiler's top-1 |h| and median (median over windows of each window's median) against
+    the states computed by the model itself."""
+    import numpy as np
+
+    assert len(prof["layers"]) == len(states)
+    for layer, (d, h) in enumerate(zip(prof["layers"], states)):
+        a = h.float().abs()
+        assert d["top1"] == pytest.approx(float(a.max()), rel=1e-5), layer
+        assert d["median"] == pytest.approx(float(np.median([float(w.flatten().median()) for w in a])), rel=1e-5), layer
+
+
+def uniform_bos_alpha(T: int) -> float:
+    """Mean over queries i = 1 .. T-1 of 1/(i+1): the weight on key 0 of a uniform causal head."""
+    return sum(1.0 / (i + 1) for i in range(1, T)) / (T - 1)
+
+
+def handling_names() -> list[str]:
+    from qsink.quant import HANDLERS
+
+    return list(HANDLERS.names())
+
+
+def function_kept_rel(model, handling: str, windows, calib, tok, scheme: str = "w8a8"):
+    """Quantize a copy, switch quantization off (rewrites kept) and return (relative logit change, report, copy)."""
+    import copy
+
+    from qsink.quant import get_scheme, quantize_, set_mode
+
+    ref = logits_of(model, windows.input_ids)
+    q = copy.deepcopy(model)
+    report = quantize_(q, get_scheme(scheme), handling, calib, tok, sqnr=False)
+    set_mode(q, "off")
+    out = logits_of(q, windows.input_ids)
+    return float((out - ref).norm() / ref.norm()), report, q
+
+
+def assert_refused_untouched(model, handling: str, calib, tok, match: str, scheme: str = "w8a8"):
+    """quantize_ refuses with a message matching ``match`` and leaves every parameter and module as it was."""
+    from qsink.errors import QsinkError
+    from qsink.quant import get_scheme, quantize_
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kinds = [type(m) for m in model.modules()]
+    with pytest.raises(QsinkError, match=match) as e:
+        quantize_(model, get_scheme(scheme), handling, calib, tok, sqnr=False)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert kinds == [type(m) for m in model.modules()]
+    return str(e.value)

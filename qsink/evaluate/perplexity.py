@@ -40,16 +40,39 @@ def scored_bytes(tokenizer, windows: Windows) -> int:
     )
 
 
+LOGIT_BYTES = 512 << 20  # fp32 logits one pass may hold; above this the head runs in chunks of positions
+
+
 def window_nll(model, input_ids: torch.Tensor) -> torch.Tensor:
     """Summed NLL of each window's predictions of positions 1..T-1, shape (B,), float64.
 
     ``logsumexp - target logit`` in fp32 agrees with a float64 log-softmax to ~1e-8 here, while
-    ``F.cross_entropy`` on the (B, V, T) layout drifted by ~1e-4 nats per token on SmolLM2.
+    ``F.cross_entropy`` on the (B, V, T) layout drifted by ~1e-4 nats per token on SmolLM2. When the
+    logits of a whole batch would exceed :data:`LOGIT_BYTES` (Gemma 3's 262,144-token head: 2.1 GB
+    for 4 windows of 512), the base model runs once and the head over chunks of positions, so peak
+    memory stays bounded; the result is the same computation (tested against the full path).
     """
-    logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
-    targets = input_ids[:, 1:, None]
-    nll = torch.logsumexp(logits, dim=-1) - logits.gather(-1, targets).squeeze(-1)  # (B, T-1)
-    return nll.double().sum(dim=1)
+    B, T = input_ids.shape
+    head = model.get_output_embeddings()
+    targets = input_ids[:, 1:]
+    if B * (T - 1) * head.weight.shape[0] * 4 <= LOGIT_BYTES:
+        logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
+        return _nll(logits, targets).double().sum(dim=1)
+    hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]  # (B, T-1, D)
+    flat, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    rows = max(1, LOGIT_BYTES // (4 * head.weight.shape[0]))
+    cap = getattr(model.config, "final_logit_softcapping", None)  # Gemma 2's tanh cap, as its forward applies it
+    parts = []
+    for i in range(0, flat.shape[0], rows):
+        logits = head(flat[i : i + rows]).float()
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        parts.append(_nll(logits, flat_t[i : i + rows]))
+    return torch.cat(parts).view(B, T - 1).double().sum(dim=1)
+
+
+def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.logsumexp(logits, dim=-1) - logits.gather(-1, targets[..., None]).squeeze(-1)
 
 
 @torch.inference_mode()

@@ -7,7 +7,8 @@ norm in front of the FFN, so sandwich norms are included in the attention sub-la
     attention: h_mid - h_in        FFN: h_out - h_mid
 
 The injector is the sub-layer that raises ``|h[c]|`` the most, the remover the one that lowers it
-the most. Post-norm blocks rescale the whole stream after each add and are refused.
+the most. Post-norm blocks rescale the whole stream after each add and are refused. OLMo-2 normalises
+what each sub-layer writes (not the stream): ``h_mid`` is the FFN's input there.
 
 Quadratic form. A SwiGLU FFN computes ``out_k = sum_j D[k, j] silu(g_j . x) (u_j . x)``. Taking
 the gate as near-linear, ``silu(z) ~ z`` (the approximation of the seed paper, recorded in every
@@ -33,19 +34,28 @@ APPROXIMATION = "SwiGLU gate taken as linear: silu(z) ~ z, so out_k ~ x^T S_k x 
 def sublayer_deltas(model, input_ids: torch.Tensor, position: int) -> list[dict]:
     """Per block: (h_in, h_mid, h_out) on one token of one sequence (``input_ids`` shape (1, T))."""
     ad = adapter_for(model)
-    if ad.post_attn_norm is None or getattr(model.config, "norm", None) == "postnorm":
+    if ad.postnorm or getattr(model.config, "norm", None) == "postnorm" or (ad.post_attn_norm is None and ad.mlp is None):
         raise QsinkError(f"step-up attribution needs pre-norm blocks; {ad.family} "
                          f"{getattr(model.config, 'norm', '')} is not pre-norm")
+    # h_mid: the input of the norm in front of the FFN, or of the FFN itself where none is (OLMo-2 normalises
+    # the sub-layers' outputs, not the residual stream)
+    mid = (lambda block: ad.module(block, ad.post_attn_norm)) if ad.post_attn_norm else ad.ffn
+    T = input_ids.shape[-1]
+
+    def at(h: torch.Tensor) -> torch.Tensor:  # OPT flattens tokens to (B*T, D) before its FFN norm
+        return (h.reshape(-1, T, h.shape[-1]) if h.dim() == 2 else h)[0, position].detach().float().clone()
+
     captured: dict[int, dict] = {}
     hooks = []
     for i, block in enumerate(ad.blocks(model)):
         hooks.append(block.register_forward_pre_hook(
-            lambda m, args, kwargs, i=i: captured.setdefault(i, {}).update(h_in=(args[0] if args else kwargs["hidden_states"])[0, position].detach().float().clone()),
+            lambda m, args, kwargs, i=i: captured.setdefault(i, {}).update(h_in=at(args[0] if args else kwargs["hidden_states"])),
             with_kwargs=True))
-        hooks.append(ad.module(block, ad.post_attn_norm).register_forward_pre_hook(
-            lambda m, args, i=i: captured.setdefault(i, {}).update(h_mid=args[0][0, position].detach().float().clone())))
+        hooks.append(mid(block).register_forward_pre_hook(
+            lambda m, args, kwargs, i=i: captured.setdefault(i, {}).update(h_mid=at(args[0] if args else kwargs["hidden_states"])),
+            with_kwargs=True))
         hooks.append(block.register_forward_hook(
-            lambda m, args, out, i=i: captured.setdefault(i, {}).update(h_out=(out[0] if isinstance(out, tuple) else out)[0, position].detach().float().clone())))
+            lambda m, args, out, i=i: captured.setdefault(i, {}).update(h_out=at(out[0] if isinstance(out, tuple) else out))))
     try:
         with torch.no_grad():
             model(input_ids=input_ids.to(next(model.parameters()).device), use_cache=False)
@@ -100,7 +110,7 @@ def ffn_quadratic_analysis(model, input_ids: torch.Tensor, block_index: int, cha
     ad = adapter_for(model)
     block = ad.blocks(model)[block_index]
     mlp = ad.ffn(block)
-    if not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
+    if mlp is None or not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
         raise QsinkError("the quadratic-form analysis needs a SwiGLU FFN (gate_proj, up_proj, down_proj)")
     x = {}
     hook = mlp.register_forward_pre_hook(lambda m, args: x.setdefault("x", args[0][0, position].detach().float().clone()))

@@ -1,7 +1,8 @@
 """One pass over N windows with forward hooks: massive activations, sinks, outlier statistics.
 
 What is measured (all per layer; ``h_l`` is the residual stream after block ``l``, ``h_0`` the
-embedding output):
+residual stream entering block 0, as ``output_hidden_states[0]``: the embedding output, or the sum with
+learned positions where the adapter says so, GPT-2 and OPT):
 
 * top-k ``|h_l|`` with window, position, token and channel; the median ``|h_l|`` (the median of
   each window's median, so memory stays bounded); top-1 / median; the largest ``|h_l|`` (the
@@ -17,7 +18,8 @@ embedding output):
   own implementation is restored afterwards); weights are reduced inside the hook, one layer at a
   time, never kept;
 * near-constancy: the mean pairwise cosine, across different windows, of the post-norm vectors
-  (the output of the norm in front of attention) of spike tokens, per plateau layer.
+  (the output of the norm in front of attention; for a family without one, OLMo-2, what attention
+  reads) of spike tokens, per plateau layer.
 
 Hooks are always removed, also when the pass fails. Non-finite activations raise an error naming
 the layer, window, position and token; they are never folded into statistics.
@@ -116,7 +118,9 @@ class _Collector:
         if not self.want_attn:
             return
         if weights is None:
-            raise RuntimeError("attention weights were not returned although eager attention was requested")
+            raise QsinkError(f"layer {layer}'s attention returned no weights under eager attention, so its sink "
+                             f"statistics cannot be measured (a sink ratio of 0 would be made up); pass "
+                             "--attn-windows 0 to profile without them")
         alpha = stats.sink_alpha(weights)  # (B, H)
         mass = stats.key_mass(weights)  # (B, H, T)
         T = mass.shape[-1]
@@ -145,12 +149,11 @@ def _hooks(col: _Collector):
     handles = []
     ad = col.ad
     try:
-        handles.append(ad.embedding(col.model).register_forward_hook(lambda m, i, o: col.residual(0, o)))
+        handles.append(ad.hook_h0(col.model, lambda h: col.residual(0, h)))
         for l, block in enumerate(col.blocks):
             handles.append(block.register_forward_hook(
                 lambda m, i, o, l=l: col.residual(l + 1, o[0] if isinstance(o, tuple) else o)))
-            handles.append(ad.norm_before_attention(block).register_forward_hook(
-                lambda m, i, o, l=l: col.norm_output(l, o)))
+            handles.append(ad.hook_attention_input(block, lambda x, l=l: col.norm_output(l, x)))
             for name, lin in ad.linears(block).items():
                 handles.append(lin.register_forward_pre_hook(lambda m, args, l=l, name=name: col.linear_input(l, name, args[0])))
         yield

@@ -3,8 +3,10 @@
 The language-model loss of each window is back-propagated, one window at a time, and for every
 layer and token position we record the norm of the gradient with respect to
 
-* ``attn_in``: the post-norm input of attention (the output of the norm in front of it), and
-* ``q``, ``k``, ``v``: the outputs of q_proj, k_proj and v_proj,
+* ``attn_in``: the post-norm input of attention (the output of the norm in front of it; for a
+  family without one, OLMo-2, attention's input), and
+* ``q``, ``k``, ``v``: the outputs of q_proj, k_proj and v_proj (their rows of a fused projection:
+  Phi-3's qkv_proj, GPT-2's c_attn),
 
 summed over windows as ``||g||^2`` and reported as root-mean-square norms. The gradient-sink ratio
 of position ``s`` is ``R_GS(s) = ||g_s|| / mean_{t != s} ||g_t||`` per layer, with its median over
@@ -29,23 +31,22 @@ def gradient_norms(model, input_ids: torch.Tensor, batch_size: int = 1) -> dict[
     device = next(model.parameters()).device
     flags = [p.requires_grad for p in model.parameters()]
     sums = {k: torch.zeros(len(blocks), input_ids.shape[1], dtype=torch.float64) for k in KINDS}
-    live: dict[tuple[str, int], torch.Tensor] = {}
+    live: dict[tuple[str, int], tuple[torch.Tensor, slice]] = {}
 
-    def keep(kind, layer):
-        def fn(module, args, out):
-            t = out[0] if isinstance(out, tuple) else out
+    def keep(kind, layer, rows=slice(None)):
+        def fn(t):
             t.retain_grad()
-            live[(kind, layer)] = t
+            live[(kind, layer)] = (t, rows)
         return fn
+
+    def out_hook(fn):
+        return lambda module, args, out: fn(out[0] if isinstance(out, tuple) else out)
 
     hooks = [ad.embedding(model).register_forward_hook(lambda m, a, out: out.requires_grad_(True))]
     for i, block in enumerate(blocks):
-        hooks.append(ad.norm_before_attention(block).register_forward_hook(keep("attn_in", i)))
-        attn = ad.attention(block)
-        for kind in ("q", "k", "v"):
-            proj = getattr(attn, f"{kind}_proj", None)
-            if proj is not None:
-                hooks.append(proj.register_forward_hook(keep(kind, i)))
+        hooks.append(ad.hook_attention_input(block, keep("attn_in", i)))  # the norm's output, or attention's input
+        for kind, (proj, rows) in ad.qkv_outputs(block).items():  # rows: q/k/v of a fused projection
+            hooks.append(proj.register_forward_hook(out_hook(keep(kind, i, rows))))
     was_training = model.training
     model.eval()
     try:
@@ -57,9 +58,9 @@ def gradient_norms(model, input_ids: torch.Tensor, batch_size: int = 1) -> dict[
             with torch.enable_grad():
                 loss = model(input_ids=x, labels=x, use_cache=False).loss
                 loss.backward()
-            for (kind, layer), t in live.items():
+            for (kind, layer), (t, rows) in live.items():
                 if t.grad is not None:
-                    g = t.grad.detach().float()  # (B, T, ...)
+                    g = t.grad.detach()[..., rows].float()  # (B, T, ...)
                     sums[kind][layer] += g.flatten(2).pow(2).sum(-1).sum(0).double().cpu()
             live.clear()
     finally:

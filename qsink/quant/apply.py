@@ -50,6 +50,11 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
     rows quantized with the scheme's weight format. ``calib`` windows (from a training split)
     feed calibration-based methods, static scales and the per-linear SQNR. Returns a report for the
     record. The model's ``qsink_quant_context`` attribute switches all QLinears between modes.
+
+    Family-level refusals (a handler's :meth:`~qsink.quant.handling.base.Handler.check_model`, KV
+    quantization where k and v cannot be found) come before anything changes; then GPT-2's Conv1D
+    layers become equivalent ``nn.Linear`` layers, then the handler rewrites. With ``+kvB`` schemes the
+    k and v rows of fused projections (Phi-3's qkv_proj, GPT-2's c_attn) are quantized, not q's.
     """
     handler = handling if isinstance(handling, Handler) else check_combination(scheme, handling, options)
     unknown = set(include) - set(INCLUDABLE)
@@ -60,19 +65,27 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
     if needs_calib and calib is None:
         raise QsinkError(f"{scheme.name} with {handler.name} needs calibration windows")
     ad = adapter_for(model)
-    t0 = time.perf_counter()
-    handler.prepare(model, ad, calib, scheme)
-    ctx = QuantContext()
+    handler.check_model(ad)  # family-level refusals, before anything changes
     kv = None
+    kv_rows: list[dict] = [{} for _ in ad.blocks(model)]
     if scheme.kv is not None:
+        kv_rows = [ad.kv_outputs(block) for block in ad.blocks(model)]  # linears holding k/v, and which rows
+        if not any(kv_rows):
+            raise QsinkError(f"{scheme.name} quantizes k and v after projection, and qsink cannot tell where k and v "
+                             f"come out in {ad.family} blocks; drop the +kv suffix for this model")
         head_dim = getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
         kv = QuantFormat(scheme.kv.dtype, scheme.kv.bits, scheme.kv.symmetric, per_group(head_dim))
+    t0 = time.perf_counter()
+    ad.linearize_(model)  # GPT-2's Conv1D -> nn.Linear (function-preserving), before any rewrite
+    handler.prepare(model, ad, calib, scheme)
+    ctx = QuantContext()
     qlinears: dict[str, QLinear] = {}
     for l, block in enumerate(ad.blocks(model)):
         for name, lin in list(ad.linears(block).items()):
-            is_kv = kv is not None and name.rsplit(".", 1)[-1] in ("k_proj", "v_proj")
+            is_kv = kv is not None and name in kv_rows[l]
             q = QLinear.from_float(lin, f"{l}.{name}", ctx, scheme.weight, scheme.act, out_fmt=kv if is_kv else None,
-                                   act_static=scheme.act_static, **handler.linear_options(l, name))
+                                   out_rows=kv_rows[l].get(name), act_static=scheme.act_static,
+                                   **handler.linear_options(l, name))
             ad.set_module(block, name, q)
             qlinears[q.name] = q
     if "lm_head" in include:

@@ -10,6 +10,9 @@ One module for every scheme and outlier-handling method; the method decides the 
 * ``calibrate``: fp computation, recording input absmax and a sample of input rows;
 * ``sqnr``: quantized output, plus the fp output of the same input, accumulated into a
   signal-to-quantization-noise ratio.
+
+KV quantization fake-quantizes a k_proj / v_proj output with ``out_fmt``; for a fused projection
+(Phi-3's qkv_proj, GPT-2's c_attn) only its k and v rows (``out_rows``) are quantized.
 """
 
 from __future__ import annotations
@@ -40,11 +43,13 @@ class QLinear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, name: str, ctx: QuantContext,
                  weight_fmt: QuantFormat | None, act_fmt: QuantFormat | None, out_fmt: QuantFormat | None = None,
                  input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None, transform_name: str = "",
-                 outlier_threshold: float | None = None, act_static: bool = False):
+                 outlier_threshold: float | None = None, act_static: bool = False,
+                 out_rows: tuple[slice, ...] | None = None):
         super().__init__()
         self.name, self.ctx = name, ctx
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         self.weight_fmt, self.act_fmt, self.out_fmt = weight_fmt, act_fmt, out_fmt
+        self.out_rows = None if out_rows is None else tuple(sorted(out_rows, key=lambda r: r.start))  # out_fmt's rows (fused k/v)
         self.input_transform, self.transform_name = input_transform, transform_name
         self.outlier_threshold = outlier_threshold
         self.outlier_weights_fp = True  # LLM.int8 as published; False: int8 weights everywhere (bitsandbytes inference)
@@ -111,25 +116,48 @@ class QLinear(nn.Module):
                 w = torch.where(cols[None, :], self.weight_fp, w)
         else:
             xq = self.quantize_input(x)
-        mask = self.ctx.keep_mask
-        if mask is not None and self.act_fmt is not None and mask.shape == x.shape[:-1]:
+        mask = self._keep_mask(x)
+        if mask is not None and self.act_fmt is not None:
             xq = torch.where(mask[..., None], x, xq)
         y = F.linear(xq, w, self.bias)
         if self.out_fmt is not None:
-            y = self.out_fmt.fake(y)
+            y = self._fake_output(y)
         if mode == "sqnr":
             ref = F.linear(x, self.weight_fp, self.bias)
             self.sqnr_signal += float(ref.double().pow(2).sum())
             self.sqnr_noise += float((y.double() - ref.double()).pow(2).sum())
         return y
 
+    def _keep_mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The context's (B, T) keep mask laid out like ``x``'s rows: as it is, or flattened where the model
+        flattens tokens before a linear (OPT's fc1/fc2 read (B*T, D)); None when there is none or it cannot match."""
+        mask = self.ctx.keep_mask
+        if mask is None:
+            return None
+        if mask.shape == x.shape[:-1]:
+            return mask
+        if x.dim() == 2 and mask.numel() == x.shape[0]:
+            return mask.reshape(-1)
+        return None
+
+    def _fake_output(self, y: torch.Tensor) -> torch.Tensor:
+        """``out_fmt`` on the output, or only on ``out_rows`` of it (the k and v of a fused qkv projection)."""
+        if self.out_rows is None:
+            return self.out_fmt.fake(y)
+        parts, at = [], 0
+        for r in self.out_rows:
+            parts += [y[..., at : r.start], self.out_fmt.fake(y[..., r.start : r.stop])]
+            at = r.stop
+        parts.append(y[..., at:])
+        return torch.cat(parts, dim=-1)
+
     def _record(self, x: torch.Tensor) -> None:
         flat = x.detach().reshape(-1, x.shape[-1]).float()
         if self.collect_hessian:
             h = 2 * flat.T @ flat
             self.hessian = h if self.hessian is None else self.hessian + h
-        mask = self.ctx.keep_mask
-        if mask is not None and mask.shape == x.shape[:-1] and self.act_fmt is not None:
+        mask = self._keep_mask(x)
+        if mask is not None and self.act_fmt is not None:
             flat = flat[~mask.reshape(-1)]  # kept tokens are not quantized, so they do not set scales
             if flat.shape[0] == 0:
                 return
@@ -151,7 +179,8 @@ class QLinear(nn.Module):
         if self.act_static:
             parts.append("static")
         if self.out_fmt is not None:
-            parts.append(f"out={self.out_fmt}")
+            rows = "" if self.out_rows is None else " rows " + ",".join(f"{r.start}:{r.stop}" for r in self.out_rows)
+            parts.append(f"out={self.out_fmt}{rows}")
         if self.transform_name:
             parts.append(f"in_transform={self.transform_name}")
         if self.outlier_threshold is not None:

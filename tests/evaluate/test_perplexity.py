@@ -95,3 +95,22 @@ def test_non_finite_loss_is_reported(tiny_model_dir):
     windows = make_windows(tok, Text("s", SAMPLE_TEXT, "0"), ctx=32, max_tokens=100)
     with pytest.raises(QsinkError, match="non-finite loss on window 0"):
         perplexity(model, tok, windows)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_a_large_head_in_chunks_gives_the_full_computation(family, monkeypatch):
+    """The chunked head (for vocabularies whose logits would not fit) equals the full forward's NLL,
+    Gemma 2's final logit soft-capping included."""
+    from qsink.evaluate import perplexity as ppl_mod
+    from tests.conftest import SAMPLE_TEXT, make_tokenizer, tiny_gemma3, tiny_llama
+
+    tok = make_tokenizer(add_bos=True)
+    model = tiny_llama(tok) if family == "llama" else tiny_gemma3(tok)
+    if family == "gemma3":
+        model.config.final_logit_softcapping = 3.0  # small, so the cap changes the logits
+    ids = make_windows(tok, Text("s", SAMPLE_TEXT, "0"), ctx=32, max_tokens=3 * 31).input_ids
+    with torch.inference_mode():
+        full = ppl_mod.window_nll(model, ids)
+        monkeypatch.setattr(ppl_mod, "LOGIT_BYTES", 4 * len(tok) * 7)  # 7 positions per chunk
+        chunked = ppl_mod.window_nll(model, ids)
+    torch.testing.assert_close(chunked, full, rtol=1e-6, atol=1e-6)

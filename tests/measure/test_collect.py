@@ -159,10 +159,10 @@ def test_hooks_are_removed_even_after_failure(tok, windows):
 
 
 def test_unknown_architecture_lists_supported_families(tok, windows):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import BloomConfig, BloomForCausalLM
 
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=1, n_head=2, n_positions=64)).eval()
-    with pytest.raises(QsinkError, match="supported families: .*gpt_neox.*llama.*mistral.*qwen2"):
+    model = BloomForCausalLM(BloomConfig(vocab_size=len(tok), hidden_size=16, n_layer=1, n_head=2)).eval()
+    with pytest.raises(QsinkError, match="supported families: .*gemma.*gpt2.*gpt_neox.*llama.*mistral.*olmo2.*opt.*phi3.*qwen2"):
         profile(model, tok, windows)
 
 
@@ -194,3 +194,17 @@ def test_other_families_profile(tok, windows, family):
     assert {name for _, name in absmax} == expected_linears  # the hooks really saw every linear by name
     assert_profile_matches_forward(p, tok, windows, residuals, absmax, top_k=5)
     assert all(math.isfinite(d["ratio"]) for d in p["linear_inputs"])
+
+
+def test_attention_that_returns_no_weights_is_an_error_not_a_zero_sink_ratio(tok, windows, monkeypatch):
+    """A model whose attention gives back no weights under eager attention cannot be given sink
+    statistics; the profile says so in one line instead of reporting alpha = 0."""
+    from tests.conftest import tiny_llama
+
+    model = tiny_llama(tok)
+    for block in model.model.layers:
+        forward = block.self_attn.forward
+        block.self_attn.forward = lambda *a, _f=forward, **k: (_f(*a, **k)[0], None)
+    with pytest.raises(QsinkError, match="returned no weights under eager attention.*--attn-windows 0"):
+        profile(model, tok, windows)
+    assert profile(model, tok, windows, ProfileSettings(attn_windows=0)).summary["sink_ratio"] is None

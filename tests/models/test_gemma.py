@@ -19,31 +19,12 @@ from qsink.measure.collect import profile
 from qsink.models.adapter import adapter_for
 from qsink.quant import get_scheme, quantize_
 from qsink.quant.apply import set_mode
-from tests.conftest import SAMPLE_TEXT, make_tokenizer
-
-D, FFN, HEADS, HEAD_DIM, WINDOW = 48, 96, 2, 24, 8
-
+from tests.conftest import GEMMA_FFN as FFN, GEMMA_HEAD_DIM as HEAD_DIM, GEMMA_HEADS as HEADS
+from tests.conftest import GEMMA_WIDTH as D, GEMMA_WINDOW as WINDOW, SAMPLE_TEXT, make_tokenizer, tiny_gemma3
 
 @pytest.fixture(scope="module")
 def tok():
     return make_tokenizer(add_bos=True)
-
-
-def tiny_gemma3(tok, layers: int = 3, seed: int = 0):
-    """A seeded random gemma3_text model; its norm weights are random too, so (1 + w) differs from w."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    torch.manual_seed(seed)
-    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=D, intermediate_size=FFN, num_hidden_layers=layers,
-                           num_attention_heads=HEADS, num_key_value_heads=1, head_dim=HEAD_DIM,
-                           sliding_window=WINDOW, max_position_embeddings=128, bos_token_id=tok.bos_token_id,
-                           pad_token_id=0, eos_token_id=1)
-    model = Gemma3ForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.normal_(0, 0.5)  # far from zero: a w/s fold and a (1 + w)/s - 1 fold disagree
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,8 @@ def test_a_missing_chunk_package_is_named(tmp_path, monkeypatch):
 
 def test_evaluate_agrees_with_independent_computation(gemma3, tmp_path, capsys):
     out = tmp_path / "runs"
-    code, _, err = run_cli(["evaluate", "gemma3-270m", "--ctx", "128", "--max-tokens", "381", "--profile-samples", "0",
+    # 3 windows of 256 in one batch: 0.8 GB of logits, so the head runs in chunks (LOGIT_BYTES)
+    code, _, err = run_cli(["evaluate", "gemma3-270m", "--ctx", "256", "--max-tokens", "765", "--profile-samples", "0",
                             "--out", str(out)], capsys)
     assert code == 0, err
     (path,) = out.glob("*.json")
@@ -50,10 +51,10 @@ def test_evaluate_agrees_with_independent_computation(gemma3, tmp_path, capsys):
     nll = 0.0
     with torch.inference_mode():
         for i in range(3):
-            w = torch.tensor([tok.bos_token_id] + ids[i * 127:(i + 1) * 127])[None]
-            nll += float(model(input_ids=w, labels=w).loss) * 127
-    assert rec["metrics"]["n_scored"] == 3 * 127
-    assert rec["metrics"]["ppl"] == pytest.approx(math.exp(nll / (3 * 127)), rel=1e-4)
+            w = torch.tensor([tok.bos_token_id] + ids[i * 255:(i + 1) * 255])[None]
+            nll += float(model(input_ids=w, labels=w).loss) * 255
+    assert rec["metrics"]["n_scored"] == 3 * 255
+    assert rec["metrics"]["ppl"] == pytest.approx(math.exp(nll / (3 * 255)), rel=1e-4)
 
 
 def test_measure_finds_the_profile_in_hidden_states(gemma3, tmp_path, capsys):

@@ -67,6 +67,7 @@ def to_bnb_(model: nn.Module, scheme_name: str, handling: str = "none") -> dict:
     check(scheme_name, handling)
     kind, threshold = SUPPORTED[(scheme_name, handling)]
     ad = adapter_for(model)
+    ad.linearize_(model)  # GPT-2's Conv1D layers become nn.Linear first (bitsandbytes wraps Linear)
     n = 0
     for block in ad.blocks(model):
         for name, lin in list(ad.linears(block).items()):

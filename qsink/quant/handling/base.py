@@ -12,6 +12,8 @@ class Handler:
     """One outlier-handling method. Subclasses override what they need:
 
     * :meth:`check` rejects a scheme it cannot serve, with a reason, before any compute;
+    * :meth:`check_model` rejects a model family it cannot serve (the adapter says why), before any
+      weight changes;
     * :meth:`prepare` edits the fp model in a function-preserving way (rotations, scalings) or
       finds what it needs from calibration data, before linears are replaced;
     * :meth:`linear_options` adds per-linear options to ``QLinear``;
@@ -31,6 +33,9 @@ class Handler:
 
     def check(self, scheme) -> None:
         pass
+
+    def check_model(self, adapter) -> None:
+        """Reject a model family this method cannot serve, with a reason, before any weight changes."""
 
     def prepare(self, model: nn.Module, adapter, calib, scheme) -> None:
         pass

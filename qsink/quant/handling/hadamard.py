@@ -1,15 +1,17 @@
 """Hadamard rotation of the residual stream, folded into the weights (QuaRot, arXiv 2404.00456).
 
 1. Each RMSNorm's scale is fused into the linears that read it (and the final norm's into
-   ``lm_head``), leaving scale-free norms, which commute with orthogonal maps.
+   ``lm_head``), leaving scale-free norms, which commute with orthogonal maps (the adapter's
+   ``norm_scale`` / ``unit_norm`` handle Gemma 1's ``x * (1 + w)``: the norm is left at ``w = 0``).
 2. With the row-vector residual ``h -> h Q`` for a seeded random Hadamard ``Q`` (orthogonal):
    the embedding becomes ``E Q``; linears reading the residual ``W Q``; linears writing it
    ``Q^T W``; ``lm_head`` ``W Q`` (tied embeddings are untied first).
 3. An online Hadamard ``H`` rotates the input of down_proj at run time (its weight becomes
    ``W H``), which spreads the FFN's intermediate outliers before activation quantization.
 
-Where the residual stream cannot be rotated with folded weights (sandwich norms on the residual
-writes, DyT, LayerNorm, post-norm: ``adapter.can_rotate_residual()`` is false), every linear in
+Where the residual stream cannot be rotated with folded weights (norms on the residual writes:
+Gemma 2/3's sandwich, OLMo-2; DyT; LayerNorm: GPT-2, OPT, GPT-NeoX; post-norm:
+``adapter.can_rotate_residual()`` is false), every linear in
 every block is rotated online instead: its weight becomes ``W H`` and its input ``x H`` at run
 time, so ``(x H)(W H)^T = x W^T`` and both operands are quantized in the rotated basis. The record
 says which mode ran (``mode: residual`` or ``mode: online``); online costs one Hadamard transform

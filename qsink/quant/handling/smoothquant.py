@@ -11,6 +11,11 @@ it, which leaves ``X W^T`` unchanged. The division is folded into what produces 
   divided by s, with s shared by the query heads that share a kv head (grouped-query attention);
 * down_proj reads ``act(gate) * up``, linear in up_proj's output: up_proj's rows are divided by s.
 
+For fused projections the adapter names row ranges: Phi-3's v rows of ``qkv_proj`` and up rows of
+``gate_up_proj``, GPT-2's v rows of ``c_attn``. LayerNorm (GPT-2, OPT) has its weight and bias divided.
+Families with no norm in front of the linears (OLMo-2, post-norm OPT) are refused before any compute,
+with the adapter's reason.
+
 Scales come from calibration windows (absmax of each linear's input on the fp model).
 """
 
@@ -45,6 +50,9 @@ class SmoothQuant(Handler):
     def check(self, scheme) -> None:
         needs_acts(self, scheme)
 
+    def check_model(self, adapter) -> None:
+        adapter.require_rewrites(self.name)  # a family with no norm to fold into (OLMo-2, post-norm OPT)
+
     @torch.no_grad()
     def prepare(self, model, adapter, calib, scheme) -> None:
         adapter.require_rewrites(self.name)
@@ -61,20 +69,20 @@ class SmoothQuant(Handler):
                     m.weight.mul_(s.to(m.weight.dtype))
                 self.max_scale = max(self.max_scale, float(s.max()))
             if adapter.value_pair:
-                v, o = (adapter.module(block, p) for p in adapter.value_pair)
+                (v, v_rows), o = adapter.rows(block, adapter.value_pair[0]), adapter.module(block, adapter.value_pair[1])
                 s = smooth_scales(stats[(l, adapter.value_pair[1])], [o.weight], self.alpha)
                 d = o.weight.shape[1] // n_heads
                 s_kv = s.view(n_kv, n_heads // n_kv, d).amax(dim=1)  # one scale per v channel
-                v.weight.div_(s_kv.reshape(-1, 1).to(v.weight.dtype))
+                v.weight[v_rows].div_(s_kv.reshape(-1, 1).to(v.weight.dtype))
                 if v.bias is not None:
-                    v.bias.div_(s_kv.reshape(-1).to(v.bias.dtype))
+                    v.bias[v_rows].div_(s_kv.reshape(-1).to(v.bias.dtype))
                 o.weight.mul_(s_kv.repeat_interleave(n_heads // n_kv, dim=0).reshape(1, -1).to(o.weight.dtype))
             if adapter.ffn_pair:
-                up, down = (adapter.module(block, p) for p in adapter.ffn_pair)
+                (up, up_rows), down = adapter.rows(block, adapter.ffn_pair[0]), adapter.module(block, adapter.ffn_pair[1])
                 s = smooth_scales(stats[(l, adapter.ffn_pair[1])], [down.weight], self.alpha)
-                up.weight.div_(s.reshape(-1, 1).to(up.weight.dtype))
+                up.weight[up_rows].div_(s.reshape(-1, 1).to(up.weight.dtype))
                 if up.bias is not None:
-                    up.bias.div_(s.to(up.bias.dtype))
+                    up.bias[up_rows].div_(s.to(up.bias.dtype))
                 down.weight.mul_(s.reshape(1, -1).to(down.weight.dtype))
 
     def report(self) -> dict:
