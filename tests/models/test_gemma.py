@@ -19,8 +19,8 @@ from qsink.measure.collect import profile
 from qsink.models.adapter import adapter_for
 from qsink.quant import get_scheme, quantize_
 from qsink.quant.apply import set_mode
-from tests.conftest import GEMMA_FFN as FFN, GEMMA_HEAD_DIM as HEAD_DIM, GEMMA_HEADS as HEADS
 from tests.conftest import GEMMA_WIDTH as D, GEMMA_WINDOW as WINDOW, SAMPLE_TEXT, make_tokenizer, tiny_gemma3
+
 
 @pytest.fixture(scope="module")
 def tok():

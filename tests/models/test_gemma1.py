@@ -13,20 +13,10 @@ import torch
 from qsink.measure.collect import profile
 from qsink.models.adapter import adapter_for
 from qsink.quant import check_combination, get_scheme
-from tests.conftest import (assert_profile_matches, family_windows, function_kept_rel, handling_names, make_tokenizer,
-                            n_linear_modules, randomize_norms, residual_states, uniform_bos_alpha)
+from tests.conftest import (assert_profile_matches, function_kept_rel, handling_names, n_linear_modules,
+                            randomize_norms, residual_states, uniform_bos_alpha)
 
 D, FFN, HEADS, HEAD_DIM = 48, 96, 2, 24
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return make_tokenizer(add_bos=True)
-
-
-@pytest.fixture(scope="module")
-def data(tok):
-    return family_windows(tok)
 
 
 def tiny_gemma(tok, layers: int = 2, seed: int = 0):

@@ -18,21 +18,12 @@ import torch
 from qsink.measure.collect import profile
 from qsink.models.adapter import adapter_for
 from qsink.quant import get_scheme, quantize_
-from tests.conftest import (assert_profile_matches, family_windows, function_kept_rel, handling_names, logits_of,
-                            make_tokenizer, n_linear_modules, randomize_norms, residual_states, uniform_bos_alpha)
+from tests.conftest import (assert_profile_matches, function_kept_rel, handling_names, logits_of, n_linear_modules,
+                            randomize_norms, residual_states, uniform_bos_alpha)
+from tests.models.conftest import int_fake_per_group
 
 D, FFN, HEADS = 48, 96, 4
 HEAD_DIM = D // HEADS
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return make_tokenizer(add_bos=True)
-
-
-@pytest.fixture(scope="module")
-def data(tok):
-    return family_windows(tok)
 
 
 def tiny_gpt2(tok, layers: int = 2, seed: int = 0):
@@ -125,13 +116,6 @@ def test_every_accepted_method_keeps_the_function(tok, data, handling):
         assert not torch.allclose(s_w, torch.ones_like(s_w))
 
 
-def _int_fake_per_group(x, bits, group):
-    qmax = 2 ** (bits - 1) - 1
-    g = x.reshape(*x.shape[:-1], -1, group)
-    scale = g.abs().amax(dim=-1, keepdim=True) / qmax
-    return (torch.round(g / scale).clamp(-qmax - 1, qmax) * scale).reshape(x.shape)
-
-
 def test_kv_quantization_hits_exactly_the_k_and_v_rows(tok, data):
     _, calib = data
     model = tiny_gpt2(tok)
@@ -143,5 +127,5 @@ def test_kv_quantization_hits_exactly_the_k_and_v_rows(tok, data):
     with torch.no_grad():
         fp, y = ref(x), c_attn(x)
     torch.testing.assert_close(y[..., :D], fp[..., :D], rtol=1e-6, atol=1e-6)  # q untouched
-    torch.testing.assert_close(y[..., D:], _int_fake_per_group(fp[..., D:], 8, HEAD_DIM), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(y[..., D:], int_fake_per_group(fp[..., D:], 8, HEAD_DIM), rtol=1e-5, atol=1e-6)
     assert not torch.equal(y[..., D:], fp[..., D:])

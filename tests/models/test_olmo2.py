@@ -15,22 +15,11 @@ from qsink.measure.attribution import sublayer_deltas
 from qsink.measure.collect import profile
 from qsink.measure.gradients import gradient_norms
 from qsink.models.adapter import adapter_for
-from tests.conftest import (assert_profile_matches, assert_refused_untouched, family_windows, function_kept_rel,
-                            handling_names, make_tokenizer, n_linear_modules, randomize_norms, residual_states,
-                            uniform_bos_alpha)
+from tests.conftest import (assert_profile_matches, assert_refused_untouched, function_kept_rel, handling_names,
+                            n_linear_modules, randomize_norms, residual_states, uniform_bos_alpha)
 
 D, FFN, HEADS = 48, 96, 2
 REFUSED = {"smoothquant": "no norm in front of q/k/v"}
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return make_tokenizer(add_bos=True)
-
-
-@pytest.fixture(scope="module")
-def data(tok):
-    return family_windows(tok)
 
 
 def tiny_olmo2(tok, layers: int = 2, seed: int = 0):

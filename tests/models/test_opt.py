@@ -16,21 +16,10 @@ from qsink.measure.attribution import sublayer_deltas
 from qsink.measure.collect import profile
 from qsink.errors import QsinkError
 from qsink.models.adapter import adapter_for
-from tests.conftest import (assert_profile_matches, assert_refused_untouched, family_windows, function_kept_rel,
-                            handling_names, make_tokenizer, n_linear_modules, randomize_norms, residual_states,
-                            uniform_bos_alpha)
+from tests.conftest import (assert_profile_matches, assert_refused_untouched, function_kept_rel, handling_names,
+                            n_linear_modules, randomize_norms, residual_states, uniform_bos_alpha)
 
 D, FFN, HEADS = 48, 96, 4
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return make_tokenizer(add_bos=True)
-
-
-@pytest.fixture(scope="module")
-def data(tok):
-    return family_windows(tok)
 
 
 def tiny_opt(tok, layers: int = 2, seed: int = 0, prenorm: bool = True):

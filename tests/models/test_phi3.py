@@ -15,22 +15,13 @@ from qsink.measure.collect import profile
 from qsink.measure.gradients import gradient_norms
 from qsink.models.adapter import adapter_for
 from qsink.quant import get_scheme, quantize_
-from tests.conftest import (assert_profile_matches, family_windows, function_kept_rel, handling_names, make_tokenizer,
-                            n_linear_modules, randomize_norms, residual_states, uniform_bos_alpha)
+from tests.conftest import (assert_profile_matches, function_kept_rel, handling_names, n_linear_modules,
+                            randomize_norms, residual_states, uniform_bos_alpha)
+from tests.models.conftest import int_fake_per_group
 
 D, FFN, HEADS, KV_HEADS = 48, 96, 4, 2
 HEAD_DIM = D // HEADS  # 12
 Q, KV = HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM  # 48, 24
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return make_tokenizer(add_bos=True)
-
-
-@pytest.fixture(scope="module")
-def data(tok):
-    return family_windows(tok)
 
 
 def tiny_phi3(tok, layers: int = 2, seed: int = 0):
@@ -91,14 +82,6 @@ def test_every_accepted_method_keeps_the_function(tok, data, handling):
         assert not torch.allclose(w1[Q + KV :] / w0[Q + KV :], col[:KV], rtol=1e-2)
 
 
-def _int_fake_per_group(x, bits, group):
-    """Symmetric absmax int quantization in groups of ``group`` along the last dim, written out here."""
-    qmax = 2 ** (bits - 1) - 1
-    g = x.reshape(*x.shape[:-1], -1, group)
-    scale = g.abs().amax(dim=-1, keepdim=True) / qmax
-    return (torch.round(g / scale).clamp(-qmax - 1, qmax) * scale).reshape(x.shape)
-
-
 def test_kv_quantization_hits_exactly_the_k_and_v_rows(tok, data):
     _, calib = data
     model = tiny_phi3(tok)
@@ -110,7 +93,7 @@ def test_kv_quantization_hits_exactly_the_k_and_v_rows(tok, data):
     with torch.no_grad():
         fp, y = ref(x), qkv(x)
     torch.testing.assert_close(y[..., :Q], fp[..., :Q], rtol=0, atol=0)  # q untouched
-    torch.testing.assert_close(y[..., Q:], _int_fake_per_group(fp[..., Q:], 4, HEAD_DIM), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(y[..., Q:], int_fake_per_group(fp[..., Q:], 4, HEAD_DIM), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(y[..., Q:], fp[..., Q:], atol=1e-4)
 
 
