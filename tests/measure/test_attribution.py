@@ -52,4 +52,4 @@ def test_quadratic_form_of_the_planted_injector(tok, windows):
     x = model.model.layers[2].post_attention_layernorm(model.model.embed_tokens.weight[tok.bos_token_id]).detach()
     assert res["spike_channel"]["cos_input_leading"] == pytest.approx(float(x[MARKER_CH].abs() / x.norm()), rel=1e-4)
     assert res["typical_channels"]["n"] == 4 and res["typical_channels"]["median_abs_lambda_1"] == 0.0
-    assert "silu(z) ~ z" in res["approximation"]
+    assert "silu(z) ~ c z" in res["approximation"]  # the tiny Llama's gate activation, named
