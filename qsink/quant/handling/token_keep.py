@@ -14,6 +14,7 @@ import torch
 
 from qsink.measure.collect import profile
 from qsink.measure.options import ProfileSettings
+from qsink.models.adapter import adapter_for
 from qsink.quant.handling.base import Handler, needs_acts, register
 
 
@@ -50,9 +51,9 @@ class TokenKeep(Handler):
         self.ctx = ctx
         positions, ids = torch.tensor(self.positions, dtype=torch.long), torch.tensor(self.token_ids, dtype=torch.long)
 
-        def hook(module, args, kwargs):
+        def hook(module, args, kwargs):  # on the token embedding, which every forward path calls with the ids
             input_ids = kwargs.get("input_ids", args[0] if args else None)
-            if input_ids is None:
+            if input_ids is None or input_ids.dtype not in (torch.long, torch.int):
                 ctx.keep_mask = None
                 return
             mask = torch.isin(input_ids, ids.to(input_ids.device))
@@ -63,7 +64,8 @@ class TokenKeep(Handler):
             ctx.kept_tokens += int(mask.sum())
             ctx.seen_tokens += mask.numel()
 
-        return [model.register_forward_pre_hook(hook, with_kwargs=True)]
+        # not the model's own forward: the chunked perplexity head runs only the base model
+        return [adapter_for(model).embedding(model).register_forward_pre_hook(hook, with_kwargs=True)]
 
     def report(self) -> dict:
         return {"positions": self.positions, "token_ids": self.token_ids, "tokens": self.token_texts,

@@ -83,3 +83,29 @@ def test_kept_tokens_do_not_set_static_scales(btok, bcalib):
     quantize_(m, get_scheme("w8a8-static"), "token-keep", bcalib, btok, sqnr=False)
     q = m.model.layers[2].self_attn.q_proj
     assert float(q.act_scale) == pytest.approx(float(x[:, 1:].max()) / 127, rel=1e-5)
+
+
+def test_kept_tokens_are_counted_on_the_chunked_perplexity_path(btok, bcalib, monkeypatch):
+    """The chunked head runs only the base model: the keep mask must still follow each batch's ids
+    (it is set on the token embedding), so the chunked and the full path keep the same tokens and give
+    the same perplexity, and nothing stale from calibration is applied."""
+    import copy
+
+    from qsink.evaluate import perplexity as ppl_mod
+    from qsink.quant.apply import kept_token_fraction
+    from tests.conftest import tiny_gemma3
+
+    model = tiny_gemma3(btok)
+    windows = make_windows(btok, Text("s", SAMPLE_TEXT, "0"), ctx=32, max_tokens=4 * 31)
+    opts = {"massive_abs": 1e-3, "massive_ratio": 1.5}  # loose thresholds: some positions and tokens are kept
+    results = []
+    for chunked in (False, True):
+        q = copy.deepcopy(model)
+        quantize_(q, get_scheme("w8a8-static"), "token-keep", bcalib, btok, options=opts, sqnr=False)
+        monkeypatch.setattr(ppl_mod, "LOGIT_BYTES", 4 * len(btok) * 7 if chunked else ppl_mod.LOGIT_BYTES)
+        ppl = perplexity(q, btok, windows, batch_size=2).ppl
+        results.append((ppl, kept_token_fraction(q)))
+    (ppl_full, kept_full), (ppl_chunked, kept_chunked) = results
+    assert kept_full["seen_tokens"] == kept_chunked["seen_tokens"] == windows.input_ids.numel()
+    assert kept_full == kept_chunked and 0 < kept_full["kept_tokens"] < kept_full["seen_tokens"]
+    assert ppl_chunked == pytest.approx(ppl_full, rel=1e-6)
