@@ -19,12 +19,7 @@ from qsink.measure.collect import profile
 from qsink.models.adapter import adapter_for
 from qsink.quant import get_scheme, quantize_
 from qsink.quant.apply import set_mode
-from tests.conftest import GEMMA_WIDTH as D, GEMMA_WINDOW as WINDOW, SAMPLE_TEXT, make_tokenizer, tiny_gemma3
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return make_tokenizer(add_bos=True)
+from tests.conftest import GEMMA_WIDTH as D, GEMMA_WINDOW as WINDOW, SAMPLE_TEXT, tiny_gemma3
 
 
 @pytest.fixture(scope="module")
