@@ -9,6 +9,7 @@ fastest pass, so a background hiccup does not decide the ratio.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -23,6 +24,7 @@ import torch
 
 from qsink.data import load_corpus
 from qsink.data.windows import make_windows, tokens_for
+from qsink.evaluate.agreement import DEFAULT_TOPK, Agreement, ReferenceBuilder, reference_identity
 from qsink.evaluate.perplexity import perplexity
 from qsink.evaluate.plan import Cell
 from qsink.evaluate.quantized import calibration_for, quantize_for
@@ -87,9 +89,18 @@ def bench_measure(model, tok, text, samples: int = 16, ctx: int = 512, repeats: 
 
 
 def bench_quant(model, tok, text, calib_text, cells=(("w8a8", "none"), ("w4a4", "hadamard")), windows_n: int = 8,
-                ctx: int = 512, repeats: int = 2, batch_size: int = 4, log=print) -> dict:
-    """Perplexity wall time of each quantized cell / fp, on the same windows (preparation excluded)."""
-    windows = make_windows(tok, text, ctx, max_tokens=windows_n * ctx)
+                ctx: int = 512, repeats: int = 2, batch_size: int = 4, kld: bool = False, log=print) -> dict:
+    """Perplexity wall time of each quantized cell / fp, on the same windows (preparation excluded).
+
+    Also each side's tokens/s (best pass) and the peak resident memory of loading the model and
+    evaluating it in fp (a warm-up pass over one batch, before any quantized copy exists): what a
+    user's fp evaluation of this model needs, bounded by the chunked head for large vocabularies.
+    ``kld``: also time each quantized cell with its agreement statistics against the fp reference
+    (``CELL+kld``), which is built once, timed and sized here.
+    """
+    windows = make_windows(tok, text, ctx, max_tokens=tokens_for(tok, windows_n, ctx))
+    perplexity(model, tok, dataclasses.replace(windows, input_ids=windows.input_ids[:batch_size]), batch_size)  # warm-up
+    rss_fp = peak_rss_mib()
     settings = EvalSettings(ctx=ctx)
     calib = calibration_for(tok, settings, calib_text)
     models = {"fp": model}
@@ -97,23 +108,52 @@ def bench_quant(model, tok, text, calib_text, cells=(("w8a8", "none"), ("w4a4", 
         m = copy.deepcopy(model)
         quantize_for(m, tok, Cell(scheme, handling), settings, calib, sqnr=False)
         models[f"{scheme}+{handling}"] = m
-    perplexity(model, tok, make_windows(tok, text, ctx, max_tokens=ctx), batch_size)  # warm-up
-    times = {k: [] for k in models}
-    ppl = {}
+    reference, runs = None, [(name, m, False) for name, m in models.items()]
+    if kld:
+        reference = _bench_reference(model, tok, windows, batch_size, log)
+        runs += [(f"{name}+kld", m, True) for name, m in models.items() if name != "fp"]
+    times = {name: [] for name, _, _ in runs}
+    ppl, kld_mean = {}, {}
     for r in range(repeats):
-        for name, m in models.items():
-            res = perplexity(m, tok, windows, batch_size)
+        for name, m, with_kld in runs:
+            observers = [Agreement(windows.n_scored, reference=reference["ref"])] if with_kld else []
+            res = perplexity(m, tok, windows, batch_size, observers=observers)
             times[name].append(res.wall_s)
             ppl[name] = res.ppl
+            if with_kld:
+                kld_mean[name.removesuffix("+kld")] = observers[0].summary()["kld"]["mean"]
             log(f"  pass {r + 1}/{repeats} {name}: {res.wall_s:.1f} s (ppl {res.ppl:.3f})")
     best = {k: min(v) for k, v in times.items()}
-    return {
+    extra = {}
+    if kld:
+        extra = {"kld_cost": {k: best[f"{k}+kld"] / best[k] for k in models if k != "fp"}, "kld_mean": kld_mean,
+                 "kld_reference": {k: v for k, v in reference.items() if k != "ref"}, "kld_cost_target": "<= 1.1"}
+    return extra | {
         "benchmark": "quantized_eval_vs_fp", "windows": windows.n_windows, "ctx": ctx, "batch_size": batch_size,
         "repeats": repeats, "seconds": times, "best_s": best, "ppl": ppl,
-        "ratio": {k: best[k] / best["fp"] for k in best if k != "fp"},
-        "target": {"w8a8+none": "<= 1.3", "w4a4+hadamard": "<= 1.6"},
+        "tokens_per_s": {k: windows.n_windows * windows.ctx / v for k, v in best.items()},
+        "ratio": {k: best[k] / best["fp"] for k in best if k != "fp" and not k.endswith("+kld")},
+        "peak_rss_mib_fp_eval": rss_fp, "peak_rss_mib_all_copies": peak_rss_mib(),
+        "target": "<= 1.3 for the integer schemes (w8a8*, w4a16, w4a8, w4a4); <= 1.6 for w4a4+hadamard",
         "machine": machine(), "env": env_info(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def _bench_reference(model, tok, windows, batch_size: int, log) -> dict:
+    """The fp reference of the KL divergence, built by an fp pass as ``qsink evaluate``'s fp cell does;
+    its size on disk and what building it added to that pass."""
+    builder = ReferenceBuilder(model, tok, windows, DEFAULT_TOPK, reference_identity("bench", windows, DEFAULT_TOPK, "fp32"))
+    res = perplexity(model, tok, windows, batch_size, observers=[builder])
+    ref = builder.reference()
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        size = ref.save(Path(d) / "ref.npz").stat().st_size
+        write_s = time.perf_counter() - t0
+    full = windows.n_scored * model.get_output_embeddings().weight.shape[0] * 4
+    log(f"  fp reference: {size / 2**20:.1f} MiB (full fp32 logits: {full / 2**20:.0f} MiB), {ref.build_s:.1f} s of a "
+        f"{res.wall_s:.1f} s fp pass, written in {write_s:.2f} s")
+    return {"ref": ref, "topk": DEFAULT_TOPK, "positions": ref.n, "bytes": size, "full_logits_bytes": full,
+            "build_s": ref.build_s, "fp_pass_with_reference_s": res.wall_s, "write_s": write_s}
 
 
 def bench_ppl(model, tok, text, windows_n: int = 8, ctx: int = 512, repeats: int = 2, batch_size: int = 4, log=print) -> dict:

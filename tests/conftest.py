@@ -118,16 +118,28 @@ def gemma3(qsink_home):
 GEMMA_WIDTH, GEMMA_FFN, GEMMA_HEADS, GEMMA_HEAD_DIM, GEMMA_WINDOW = 48, 96, 2, 24, 8  # widths no power of two
 
 
-def tiny_gemma3(tok, layers: int = 3, seed: int = 0):
-    """A seeded random gemma3_text model; its norm weights are random too, so (1 + w) differs from w."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+def tiny_gemma3(tok, layers: int = 3, seed: int = 0, multimodal: bool = False):
+    """A seeded random gemma3_text model; its norm weights are random too, so (1 + w) differs from w.
+
+    ``multimodal``: the same text model inside Gemma 3's image-text model (``gemma3``, as 4B and up
+    ship), with a one-layer vision tower; the image tokens sit past the tokenizer's vocabulary."""
+    from transformers import (Gemma3Config, Gemma3ForCausalLM, Gemma3ForConditionalGeneration, Gemma3TextConfig,
+                              SiglipVisionConfig)
 
     torch.manual_seed(seed)
-    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=GEMMA_WIDTH, intermediate_size=GEMMA_FFN, num_hidden_layers=layers,
-                           num_attention_heads=GEMMA_HEADS, num_key_value_heads=1, head_dim=GEMMA_HEAD_DIM,
-                           sliding_window=GEMMA_WINDOW, max_position_embeddings=128, bos_token_id=tok.bos_token_id,
-                           pad_token_id=0, eos_token_id=1)
-    model = Gemma3ForCausalLM(cfg).eval()
+    extra = 3 if multimodal else 0  # begin-of-image, end-of-image, image
+    cfg = Gemma3TextConfig(vocab_size=len(tok) + extra, hidden_size=GEMMA_WIDTH, intermediate_size=GEMMA_FFN,
+                           num_hidden_layers=layers, num_attention_heads=GEMMA_HEADS, num_key_value_heads=1,
+                           head_dim=GEMMA_HEAD_DIM, sliding_window=GEMMA_WINDOW, max_position_embeddings=128,
+                           bos_token_id=tok.bos_token_id, pad_token_id=0, eos_token_id=1)
+    if multimodal:
+        vision = SiglipVisionConfig(hidden_size=32, intermediate_size=40, num_hidden_layers=1, num_attention_heads=2,
+                                    image_size=28, patch_size=14)
+        full = Gemma3Config(text_config=cfg.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4,
+                            boi_token_index=len(tok), eoi_token_index=len(tok) + 1, image_token_index=len(tok) + 2)
+        model = Gemma3ForConditionalGeneration(full).eval()
+    else:
+        model = Gemma3ForCausalLM(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:

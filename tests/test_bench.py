@@ -99,9 +99,13 @@ def test_quant_ratio_known_answer(tiny, monkeypatch):
     script = {"fp": [0.5, 0.25, 0.375], "w8a8+none": [0.75, 1.0, 2.0], "w4a4+none": [2.0, 4.0, 0.5]}
     timed = {k: iter(v) for k, v in script.items()}
 
-    def perplexity(m, tokenizer, windows, batch_size=8, on_batch=None):
-        res = real_perplexity(m, tokenizer, windows, batch_size)
-        if windows.n_windows == 1:  # the warm-up pass (one window), not timed
+    warmed = []
+
+    def perplexity(m, tokenizer, windows, batch_size=8, on_batch=None, observers=()):
+        res = real_perplexity(m, tokenizer, windows, batch_size, observers=observers)
+        if not warmed:  # the warm-up pass (fp, before any copy is quantized), not timed
+            assert m is model and not cell_of
+            warmed.append(res)
             return res
         name = "fp" if m is model else cell_of[id(m)]
         return dataclasses.replace(res, wall_s=next(timed[name]))
@@ -113,6 +117,8 @@ def test_quant_ratio_known_answer(tiny, monkeypatch):
     assert doc["seconds"] == script
     assert doc["best_s"] == {"fp": 0.25, "w8a8+none": 0.75, "w4a4+none": 0.5}
     assert doc["ratio"] == {"w8a8+none": 3.0, "w4a4+none": 2.0}
+    assert doc["tokens_per_s"] == {"fp": 2 * 32 / 0.25, "w8a8+none": 2 * 32 / 0.75, "w4a4+none": 2 * 32 / 0.5}
+    assert 0 < doc["peak_rss_mib_fp_eval"] <= doc["peak_rss_mib_all_copies"]
 
 
 def test_measure_ratio_on_a_tiny_model(tiny):
@@ -211,3 +217,16 @@ def test_train_ratio_known_answer(sample_text_file, monkeypatch):
     assert doc["qsink_tokens_per_s"] == tokens / (steps * 0.5)
     assert doc["ratio"] == pytest.approx((tokens / 1.5) / (tokens / 0.125), rel=1e-12)  # = 1 / 12
     assert doc["mfu"] == pytest.approx((tokens / 1.5) * 6 * doc["n_params"] / 50e9, rel=1e-12)
+
+
+def test_quant_with_kld_times_each_cell_with_and_without_its_agreement(tiny):
+    from qsink.bench import bench_quant
+
+    model, tok, text = tiny
+    doc = bench_quant(model, tok, text, text, cells=(("w4a4", "none"),), windows_n=2, ctx=32, repeats=2,
+                      batch_size=2, kld=True, log=lambda m: None)
+    assert set(doc["seconds"]) == {"fp", "w4a4+none", "w4a4+none+kld"} and set(doc["ratio"]) == {"w4a4+none"}
+    assert_best_and_ratios(doc, [(doc["kld_cost"]["w4a4+none"], "w4a4+none+kld", "w4a4+none")])
+    ref = doc["kld_reference"]
+    assert ref["positions"] == 2 * 31 and 0 < ref["bytes"] < ref["full_logits_bytes"]
+    assert doc["kld_mean"]["w4a4+none"] > 0 and doc["ppl"]["w4a4+none+kld"] == doc["ppl"]["w4a4+none"]

@@ -63,24 +63,40 @@ def bench_ppl_cmd(
 @bench_app.command("quant")
 def bench_quant_cmd(
     model: str = typer.Argument("smollm2-135m"),
+    cells: list[str] = typer.Option(["w8a8,w4a4+hadamard"], "--cells",
+                                    help="Cells to time against fp, SCHEME or SCHEME+HANDLING, comma-separated or repeated."),
     windows: int = typer.Option(8, "--windows", "-n"),
     ctx: int = typer.Option(512, "--ctx"),
     repeats: int = typer.Option(2, "--repeats"),
+    batch_size: int = typer.Option(4, "--batch-size"),
+    kld: bool = typer.Option(True, "--kld/--no-kld", help="Also time each cell with its KL-divergence statistics (target <= 1.1x the cell without)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     out_file: Path = typer.Option(Path("results/bench/quant.json"), "--out"),
 ) -> None:
-    """Perplexity wall time of w8a8 and w4a4+hadamard / fp on the same windows (targets 1.3 and 1.6)."""
+    """Perplexity wall time and tokens/s of each cell / fp on the same windows (targets: 1.3 for integer schemes,
+    1.6 for w4a4+hadamard), and the peak memory of an fp evaluation."""
     from qsink.bench import bench_inputs, bench_quant, write_json
     from qsink.data import load_corpus
+    from qsink.evaluate.plan import parse_cells
 
-    _bench_check(out_file, device, windows=windows, ctx=ctx, repeats=repeats)
+    _bench_check(out_file, device, windows=windows, ctx=ctx, repeats=repeats, batch_size=batch_size)
+    pairs = parse_cells(cells)
     m, tok, text = bench_inputs(model, device, log)
-    doc = bench_quant(m, tok, text, load_corpus("austen", "train", log=log),
-                      windows_n=windows, ctx=ctx, repeats=repeats, log=log)
+    doc = bench_quant(m, tok, text, load_corpus("austen", "train", log=log), cells=pairs,
+                      windows_n=windows, ctx=ctx, repeats=repeats, batch_size=batch_size, kld=kld, log=log)
     doc["model"] = model
     write_json(doc, out_file)
+    tps = doc["tokens_per_s"]
+    stdout.print(f"fp: {tps['fp']:.0f} tokens/s; peak RSS of the fp evaluation {doc['peak_rss_mib_fp_eval']:.0f} MiB", highlight=False)
     for k, v in doc["ratio"].items():
-        stdout.print(f"{k} / fp = {v:.2f} (best of {repeats}: {doc['best_s'][k]:.1f} s vs {doc['best_s']['fp']:.1f} s)", highlight=False)
+        cost = f"; with KLD {doc['kld_cost'][k]:.2f}x (KLD {doc['kld_mean'][k]:.4f})" if kld else ""
+        stdout.print(f"{k} / fp = {v:.2f} (best of {repeats}: {doc['best_s'][k]:.1f} s vs {doc['best_s']['fp']:.1f} s; "
+                     f"{tps[k]:.0f} tokens/s{cost})", highlight=False)
+    if kld:
+        r = doc["kld_reference"]
+        stdout.print(f"fp reference: {r['bytes'] / 2**20:.1f} MiB for {r['positions']} positions (full logits "
+                     f"{r['full_logits_bytes'] / 2**20:.0f} MiB); building it added {r['build_s']:.1f} s to a "
+                     f"{r['fp_pass_with_reference_s']:.1f} s fp pass", highlight=False)
     stdout.print(f"wrote {out_file}")
 
 

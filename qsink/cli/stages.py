@@ -38,6 +38,7 @@ def evaluate(
     backend: str = typer.Option(EVAL.backend, "--backend", help="fake (qsink's fake quantization) or bnb (bitsandbytes kernels)."),
     include: List[str] = typer.Option(list(EVAL.include), "--include", help="Also quantize lm_head and/or embed (default: they stay in high precision)."),
     profile_samples: int = typer.Option(EVAL.profile_samples, "--profile-samples", help="Windows for each model's spike/sink profile, attached to its records (0 = none)."),
+    kld_topk: int = typer.Option(EVAL.kld_topk, "--kld-topk", help="KL divergence against fp over the fp model's top-K tokens plus a rest bucket, from a stored reference (0 = exact over the whole vocabulary, the fp model runs beside every cell)."),
     dtype: str = typer.Option(EVAL.dtype, "--dtype", help="fp32, bf16 or fp16."),
     device: str = typer.Option(EVAL.device, "--device", help=DEVICE_HELP),
     seed: int = typer.Option(EVAL.seed, "--seed"),
@@ -68,7 +69,7 @@ def evaluate(
                                       text_file=text, log=log, progress_factory=windows_progress(progress),
                                       on_cell=lambda o: progress.advance(overall))
     table = Table(title=f"perplexity on {corpus.name} (ctx {settings.ctx})")
-    cols = ["model", "cell", "status", "ppl", "Δppl %", "bits/byte", "SQNR dB", "spike", "sinks"]
+    cols = ["model", "cell", "status", "ppl", "Δppl %", "bits/byte", "KLD", "same top", "Δp RMS", "SQNR dB", "spike", "sinks"]
     cols += [t.removeprefix("qsink_") for t in tasks] + ["tok/s"]
     for col in cols:
         table.add_column(col, justify="left" if col in ("model", "cell", "status") else "right")
@@ -78,7 +79,8 @@ def evaluate(
         fmt = lambda v, f: f.format(v) if v is not None else "-"  # noqa: E731
         accs = [fmt(m.get("tasks", {}).get(name, {}).get("acc"), "{:.3f}") for name in tasks]
         table.add_row(o.model, o.cell.label, status, fmt(m.get("ppl"), "{:.3f}"), fmt(m.get("delta_ppl_pct"), "{:+.2f}"),
-                      fmt(m.get("bpb"), "{:.4f}"), fmt(m.get("sqnr_db_mean"), "{:.1f}"), fmt(prof.get("spike_magnitude"), "{:.4g}"),
+                      fmt(m.get("bpb"), "{:.4f}"), fmt(m.get("kld_mean"), "{:.4f}"), fmt(m.get("same_top"), "{:.3f}"),
+                      fmt(m.get("dp_rms"), "{:.4f}"), fmt(m.get("sqnr_db_mean"), "{:.1f}"), fmt(prof.get("spike_magnitude"), "{:.4g}"),
                       fmt(prof.get("sink_ratio"), "{:.2f}"), *accs, f"{t.get('tokens_per_s', 0):.0f}")
         if o.record["status"] != "ok":
             log(f"{o.model} [{o.cell.label}] failed: {o.record['error']}")

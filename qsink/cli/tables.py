@@ -19,7 +19,7 @@ def leaderboard_cmd(
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write the full leaderboard here (one row per cell)."),
     sort: str = typer.Option("ppl", "--sort", help="Column to sort by."),
     group_by: List[str] = typer.Option([], "--group-by", help="Also show a summary per group of these columns (e.g. scheme,handling)."),
-    plots: Optional[Path] = typer.Option(None, "--plots", help="Write the Δppl-vs-spike and heatmap PNGs into this directory."),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="Write the Δppl-vs-spike, heatmap and KLD PNGs into this directory."),
 ) -> None:
     """One row per record (all columns derived from the records), Spearman's rho between spike magnitude and
     Δppl per scheme, optional group summaries, CSV and plots."""
@@ -30,7 +30,8 @@ def leaderboard_cmd(
 
     if csv:
         check_file_target(csv, "--csv")
-    df = leaderboard(RecordStore(results).load_all(), sort=sort)
+    records = RecordStore(results).load_all()
+    df = leaderboard(records, sort=sort)
     if df.empty:
         raise QsinkError(f"no records in {results}; run 'qsink evaluate' first")
     if sort not in df.columns:
@@ -43,10 +44,11 @@ def leaderboard_cmd(
         csv.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(csv, df.to_csv(index=False))
     table = Table(title=f"leaderboard ({len(df)} records in {results})")
-    shown = [c for c in ("model", "scheme", "handling", "status", "ppl", "delta_ppl_pct", "sqnr_db_mean", "spike_magnitude",
+    shown = [c for c in ("model", "scheme", "handling", "status", "ppl", "delta_ppl_pct", "kld_mean", "same_top", "sqnr_db_mean", "spike_magnitude",
                          "sink_ratio") if c in df.columns] + [c for c in df.columns if c.startswith("acc.")]
     for col in shown:
-        table.add_column(col.replace("delta_ppl_pct", "Δppl %").replace("spike_magnitude", "spike").replace("sqnr_db_mean", "SQNR"))
+        table.add_column({"delta_ppl_pct": "Δppl %", "spike_magnitude": "spike", "sqnr_db_mean": "SQNR", "kld_mean": "KLD",
+                          "same_top": "same top"}.get(col, col))
     for _, row in df.iterrows():
         table.add_row(*["-" if row[c] is None or row[c] != row[c] else f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c])
                         for c in shown])
@@ -75,9 +77,11 @@ def leaderboard_cmd(
     if csv:
         stdout.print(f"wrote {csv} ({len(df)} rows, {len(df.columns)} columns)")
     if plots:
-        from qsink.results.plots import plot_delta_vs_spike, plot_heatmap
+        from qsink.results.plots import plot_delta_vs_spike, plot_heatmap, plot_kld_by_kind, plot_kld_distribution
 
-        made = [p for p in (plot_delta_vs_spike(df, plots / "delta-vs-spike.png"), plot_heatmap(df, plots / "heatmap.png")) if p]
+        made = [p for p in (plot_delta_vs_spike(df, plots / "delta-vs-spike.png"), plot_heatmap(df, plots / "heatmap.png"),
+                            plot_kld_distribution(records, plots / "kld.png"),
+                            plot_kld_by_kind(records, plots / "kld-by-kind.png")) if p]
         log("plots: " + (", ".join(str(p) for p in made) if made else "none (no quantized cells with a profile)"))
 
 

@@ -107,8 +107,10 @@ def run_tasks(model, tokenizer, names: list[str], limit: int | None = None, num_
         datasets.disable_progress_bars()
     except ImportError:
         pass
+    from qsink.models.adapter import text_config
+
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
-              max_length=getattr(model.config, "max_position_embeddings", None))
+              max_length=getattr(text_config(model), "max_position_embeddings", None))
     try:
         out = simple_evaluate(model=lm, tasks=names, limit=limit, num_fewshot=num_fewshot, task_manager=tm,
                               bootstrap_iters=200, log_samples=False, random_seed=seed, numpy_random_seed=seed,

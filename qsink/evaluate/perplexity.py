@@ -7,15 +7,17 @@ in bits divided by the UTF-8 bytes of the scored tokens' text (decoded window by
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
 from qsink.data.windows import Windows
 from qsink.errors import QsinkError
+from qsink.models.adapter import text_config
 
 
 @dataclass
@@ -43,36 +45,69 @@ def scored_bytes(tokenizer, windows: Windows) -> int:
 LOGIT_BYTES = 512 << 20  # fp32 logits one pass may hold; above this the head runs in chunks of positions
 
 
+def logit_chunks(model, input_ids: torch.Tensor):
+    """The fp32 logits of each window's positions 0..T-2 (the predictions of tokens 1..T-1), as
+    ``(row, logits)`` pairs over the flattened (window, position) rows of the batch, at most
+    :data:`LOGIT_BYTES` at a time.
+
+    When the logits of a whole batch fit (SmolLM2, 4 windows of 512: 400 MB) they come from one
+    forward; otherwise (Gemma 3's 262,144-token head: 2.1 GB for 4 windows of 512) the base model
+    runs once and the head over chunks of rows, so peak memory stays bounded; the numbers are the
+    same computation (tested against the full path).
+    """
+    B, T = input_ids.shape
+    V = model.get_output_embeddings().weight.shape[0]
+    if B * (T - 1) * V * 4 <= LOGIT_BYTES:
+        yield 0, model(input_ids=input_ids, use_cache=False).logits[:, :-1].float().reshape(-1, V)
+        return
+    flat = base_hidden(model, input_ids)[:, :-1].reshape(B * (T - 1), -1)
+    rows = max(1, LOGIT_BYTES // (4 * V))
+    for i in range(0, flat.shape[0], rows):
+        yield i, head_logits(model, flat[i : i + rows])
+
+
+def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """fp32 logits from the base model's last hidden state, as the model's forward makes them
+    (Gemma 2's tanh soft-capping included)."""
+    logits = model.get_output_embeddings()(hidden).float()
+    cap = getattr(text_config(model), "final_logit_softcapping", None)
+    return logits if cap is None else torch.tanh(logits / cap) * cap
+
+
+def base_hidden(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """The base model's last hidden state (after the final norm), what the head reads: (B, T, D)."""
+    return model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
+
+
 def window_nll(model, input_ids: torch.Tensor) -> torch.Tensor:
     """Summed NLL of each window's predictions of positions 1..T-1, shape (B,), float64.
 
     ``logsumexp - target logit`` in fp32 agrees with a float64 log-softmax to ~1e-8 here, while
-    ``F.cross_entropy`` on the (B, V, T) layout drifted by ~1e-4 nats per token on SmolLM2. When the
-    logits of a whole batch would exceed :data:`LOGIT_BYTES` (Gemma 3's 262,144-token head: 2.1 GB
-    for 4 windows of 512), the base model runs once and the head over chunks of positions, so peak
-    memory stays bounded; the result is the same computation (tested against the full path).
+    ``F.cross_entropy`` on the (B, V, T) layout drifted by ~1e-4 nats per token on SmolLM2.
     """
     B, T = input_ids.shape
-    head = model.get_output_embeddings()
-    targets = input_ids[:, 1:]
-    if B * (T - 1) * head.weight.shape[0] * 4 <= LOGIT_BYTES:
-        logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
-        return _nll(logits, targets).double().sum(dim=1)
-    hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]  # (B, T-1, D)
-    flat, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
-    rows = max(1, LOGIT_BYTES // (4 * head.weight.shape[0]))
-    cap = getattr(model.config, "final_logit_softcapping", None)  # Gemma 2's tanh cap, as its forward applies it
-    parts = []
-    for i in range(0, flat.shape[0], rows):
-        logits = head(flat[i : i + rows]).float()
-        if cap is not None:
-            logits = torch.tanh(logits / cap) * cap
-        parts.append(_nll(logits, flat_t[i : i + rows]))
+    targets = input_ids[:, 1:].reshape(-1)
+    parts = [_nll(logits, targets[i : i + logits.shape[0]]) for i, logits in logit_chunks(model, input_ids)]
     return torch.cat(parts).view(B, T - 1).double().sum(dim=1)
 
 
 def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1) - logits.gather(-1, targets[..., None]).squeeze(-1)
+
+
+class Observer:
+    """Reads the logits of a perplexity pass as they go by (the agreement statistics, the fp
+    reference); never holds more than one chunk. ``rows`` count scored positions over the whole
+    run: window ``w``'s position ``t`` (predicting token ``t + 1``) is row ``w * (ctx - 1) + t``."""
+
+    def attach(self, model):  # a context manager around the whole pass (hooks, say)
+        return contextlib.nullcontext()
+
+    def begin_batch(self, row0: int, input_ids: torch.Tensor) -> None:
+        """Called before each batch's forward (rows from ``row0`` on)."""
+
+    def chunk(self, row: int, logits: torch.Tensor, targets: torch.Tensor, nll: torch.Tensor) -> None:
+        raise NotImplementedError
 
 
 @torch.inference_mode()
@@ -82,8 +117,10 @@ def perplexity(
     windows: Windows,
     batch_size: int = 8,
     on_batch: Callable[[int], None] | None = None,
+    observers: Sequence[Observer] = (),
 ) -> PerplexityResult:
-    """Perplexity of ``model`` over ``windows``, ``batch_size`` windows per forward.
+    """Perplexity of ``model`` over ``windows``, ``batch_size`` windows per forward; each chunk of
+    logits is also handed to every observer.
 
     Example:
         >>> res = perplexity(model, tok, make_windows(tok, text, ctx=512))  # doctest: +SKIP
@@ -93,16 +130,14 @@ def perplexity(
     ids = windows.input_ids
     t0 = time.perf_counter()
     total = 0.0
-    for start in range(0, windows.n_windows, batch_size):
-        batch = ids[start : start + batch_size].to(device)
-        nll = window_nll(model, batch)
-        bad = ~torch.isfinite(nll)
-        if bad.any():
-            w = start + int(bad.nonzero()[0])
-            raise QsinkError(f"the model produced a non-finite loss on window {w} of {windows.data_name}; the model or its quantization is numerically broken")
-        total += float(nll.sum())
-        if on_batch:
-            on_batch(int(batch.shape[0]))
+    with contextlib.ExitStack() as stack:
+        for ob in observers:
+            stack.enter_context(ob.attach(model))
+        for start in range(0, windows.n_windows, batch_size):
+            batch = ids[start : start + batch_size].to(device)
+            total += _batch_nll(model, batch, start * (windows.ctx - 1), observers, windows.data_name, start)
+            if on_batch:
+                on_batch(int(batch.shape[0]))
     wall = time.perf_counter() - t0
     n = windows.n_scored
     n_bytes = scored_bytes(tokenizer, windows)
@@ -110,3 +145,24 @@ def perplexity(
         ppl=math.exp(total / n), nll=total / n, bpb=total / math.log(2) / max(n_bytes, 1), nll_sum=total,
         n_scored=n, n_bytes=n_bytes, wall_s=wall, tokens_per_s=windows.n_windows * windows.ctx / wall,
     )
+
+
+def _batch_nll(model, batch: torch.Tensor, row0: int, observers, data_name: str, first_window: int) -> float:
+    B, T = batch.shape
+    for ob in observers:
+        ob.begin_batch(row0, batch)
+    targets = batch[:, 1:].reshape(-1)
+    parts = []
+    for i, logits in logit_chunks(model, batch):
+        t = targets[i : i + logits.shape[0]]
+        nll = _nll(logits, t)
+        parts.append(nll)
+        for ob in observers:
+            ob.chunk(row0 + i, logits, t, nll)
+    nll = torch.cat(parts).view(B, T - 1).double().sum(dim=1)
+    bad = ~torch.isfinite(nll)
+    if bad.any():
+        w = first_window + int(bad.nonzero()[0])
+        raise QsinkError(f"the model produced a non-finite loss on window {w} of {data_name}; the model or its "
+                         "quantization is numerically broken")
+    return float(nll.sum())

@@ -71,6 +71,22 @@ class Cell:
         return self.scheme if self.handling == "none" else f"{self.scheme}+{self.handling}"
 
 
+def parse_cells(labels) -> tuple[tuple[str, str], ...]:
+    """``["w8a8,w4a4+hadamard"]`` -> ``(("w8a8", "none"), ("w4a4", "hadamard"))``, each pair checked
+    (known scheme and handling, a compatible combination) before anything loads."""
+    pairs = []
+    for label in split_names(labels):
+        scheme, _, handling = label.partition("+")
+        handling = handling or "none"
+        if scheme == "fp":
+            raise QsinkError(f"cell {label!r}: fp is the reference every cell is timed against; name quantized cells only")
+        plan_cells([scheme], [handling])
+        pairs.append((scheme, handling))
+    if not pairs:
+        raise QsinkError("no cells given; name at least one, e.g. --cells w8a8,w4a4+hadamard")
+    return tuple(pairs)
+
+
 def plan_cells(schemes: list[str], handlings: list[str], backend: str = "fake") -> tuple[list[Cell], list[str]]:
     """The cross product with fp once and incompatible pairs dropped, and why each was dropped.
 

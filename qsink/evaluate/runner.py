@@ -22,6 +22,8 @@ from qsink.data.resolve import resolve_data
 from qsink.data.text import Text
 from qsink.data.windows import make_windows
 from qsink.errors import QsinkError
+from qsink.evaluate import agreement
+from qsink.evaluate.agreement import Agreement, Reference, ReferenceBuilder
 from qsink.evaluate.lmeval import run_tasks
 from qsink.evaluate.perplexity import perplexity
 from qsink.evaluate.settings import EvalSettings
@@ -52,9 +54,22 @@ def identity(model_sha: str, cell: Cell, text: Text, s: EvalSettings, calib_sha:
         ident.update(calib=s.calib, calib_data=s.calib_data, calib_sha256=calib_sha, backend=s.backend)
         if s.include:
             ident["include"] = sorted(s.include)
+        if s.kld_topk != agreement.DEFAULT_TOPK:  # the default keeps the keys of records made before it existed
+            ident["kld_topk"] = s.kld_topk
     if s.tasks:
         ident.update(tasks=sorted(s.tasks), task_limit=s.limit, num_fewshot=s.num_fewshot)
     return ident
+
+
+def finished(store: RecordStore, ident: dict, log=None) -> tuple[Path, dict] | None:
+    """The cell's ok record if it holds everything this version computes; a quantized cell recorded
+    before the agreement metrics (KL divergence, same top) existed is not finished, and runs again."""
+    found = store.find_ok(cell_key(ident))
+    if found and ident["scheme"] != "fp" and "kld_mean" not in found[1].get("metrics", {}):
+        if log:
+            log(f"{found[0].name} predates the agreement metrics (KL divergence, same top); running it again")
+        return None
+    return found
 
 
 def model_profile(res, text: Text, settings: EvalSettings, store: RecordStore, loaded, log, progress_factory) -> dict | None:
@@ -94,7 +109,7 @@ def run_cells(
         todo, fp_record = [], None
         for cell in cells:
             ident = identity(res.sha256, cell, text, settings, calib_sha)
-            found = None if settings.force else store.find_ok(cell_key(ident))
+            found = None if settings.force else finished(store, ident, log)
             if found:
                 outcomes.append(CellOutcome(res.name, cell, found[0], found[1], skipped=True))
                 if on_cell:
@@ -114,9 +129,10 @@ def run_cells(
         calib = None
         if calib_text is not None and any(c.scheme != "fp" for c, _ in todo):
             calib = calibration_for(tokenizer, settings, calib_text)
+        refs = References(store, res, windows, settings)
         for cell, ident in todo:
             record = _run_cell(res, cell, ident, model, tokenizer, windows, calib, settings, fp_record, progress_factory,
-                               log)
+                               log, refs)
             if prof is not None:
                 record["profile"] = prof
             if cell.scheme == "fp" and record["status"] == "ok":
@@ -143,10 +159,59 @@ def run_matrix(model_specs: list[str], cells: list[Cell], settings: EvalSettings
                            progress_factory=progress_factory, on_cell=on_cell)
 
 
+class References:
+    """The fp reference of one model on one set of windows: stored beside the records under
+    ``references/`` and keyed like them, built by the fp cell's own pass (or by a pass of its own
+    when the fp cell was already done), loaded and checked by every quantized cell."""
+
+    def __init__(self, store: RecordStore, res: ResolvedModel, windows, settings: EvalSettings):
+        self.topk, self.windows, self.force = settings.kld_topk, windows, settings.force
+        self.identity = agreement.reference_identity(res.sha256, windows, settings.kld_topk, settings.dtype)
+        self.key = agreement.reference_key(self.identity)
+        self.path = store.root / "references" / f"{store.path_for(res.name, self.key).stem}.npz"
+        self._ref: Reference | None = None
+
+    def builder(self, model, tokenizer) -> ReferenceBuilder | None:
+        """An observer for the fp pass, if a reference is wanted and missing or ``--force`` given
+        (``--kld-topk 0`` stores none)."""
+        if self.topk == 0 or (self.path.exists() and not self.force):
+            return None
+        return ReferenceBuilder(model, tokenizer, self.windows, self.topk, self.identity)
+
+    def keep(self, builder: ReferenceBuilder) -> dict:
+        self._ref = builder.reference()
+        t0 = time.perf_counter()
+        self._ref.save(self.path)
+        return self.describe() | {"write_s": time.perf_counter() - t0}
+
+    def describe(self) -> dict:
+        """Where the reference is, its size, and what building it added to the fp pass (``build_s``)."""
+        ref = self.get()
+        return {"path": f"references/{self.path.name}", "key": self.key, "topk": self.topk, "positions": ref.n,
+                "bytes": self.path.stat().st_size, "build_s": ref.build_s}
+
+    def get(self) -> Reference:
+        if self._ref is None:
+            self._ref = Reference.load(self.path, self.key)
+        return self._ref
+
+    def agreement_for(self, fp_model, tokenizer, batch_size: int, log) -> Agreement:
+        """The observer of a quantized cell's pass; builds the reference first if it is missing."""
+        if self.topk == 0:
+            return Agreement(self.windows.n_scored, fp_model=fp_model, tokenizer=tokenizer, windows=self.windows)
+        if not self.path.exists():
+            log(f"building the fp reference {self.path.name} (top-{self.topk} of every scored position) for the KL divergence")
+            b = ReferenceBuilder(fp_model, tokenizer, self.windows, self.topk, self.identity)
+            perplexity(fp_model, tokenizer, self.windows, batch_size, observers=[b])
+            self.keep(b)
+        return Agreement(self.windows.n_scored, reference=self.get())
+
+
 def model_fields(config) -> dict:
     """What the leaderboard shows about a model: family, size, and qsink's variant switches."""
-    fields = {"family": config.model_type, "n_layers": getattr(config, "num_hidden_layers", None),
-              "hidden_size": getattr(config, "hidden_size", None)}
+    text = config.get_text_config() if callable(getattr(config, "get_text_config", None)) else config
+    fields = {"family": config.model_type, "n_layers": getattr(text, "num_hidden_layers", None),
+              "hidden_size": getattr(text, "hidden_size", None)}
     if config.model_type == "qsink":
         from qsink.models.family.config import SWITCHES
 
@@ -155,7 +220,7 @@ def model_fields(config) -> dict:
 
 
 def _run_cell(res, cell, ident, fp_model, tokenizer, windows, calib, settings, fp_record, progress_factory,
-              log=print) -> dict:
+              log=print, refs: References | None = None) -> dict:
     scheme = get_scheme(cell.scheme)
     on_batch = progress_factory(f"{res.name} · {cell.label}", windows.n_windows) if progress_factory else None
     config = {
@@ -168,10 +233,19 @@ def _run_cell(res, cell, ident, fp_model, tokenizer, windows, calib, settings, f
     }
     t0 = time.perf_counter()
     try:
+        observers, builder, agree = [], None, None
+        if refs is not None and cell.scheme == "fp":
+            builder = refs.builder(fp_model, tokenizer)
+            observers = [builder] if builder else []
+        elif refs is not None:
+            agree = refs.agreement_for(fp_model, tokenizer, settings.batch_size, log)
+            observers = [agree]
         model = fp_model if cell.scheme == "fp" else copy.deepcopy(fp_model)
         quant_report = quantize_for(model, tokenizer, cell, settings, calib)
         prep_s = time.perf_counter() - t0
-        result = perplexity(model, tokenizer, windows, settings.batch_size, on_batch=on_batch)
+        result = perplexity(model, tokenizer, windows, settings.batch_size, on_batch=on_batch, observers=observers)
+        if builder is not None:
+            config["kld_reference"] = refs.keep(builder)
         tasks, task_s = None, 0.0
         if settings.tasks:
             t1 = time.perf_counter()
@@ -183,6 +257,11 @@ def _run_cell(res, cell, ident, fp_model, tokenizer, windows, calib, settings, f
         return make_record(ident, config, None, {"wall_s": time.perf_counter() - t0}, status="failed", error=str(e))
     metrics = result.to_dict()
     timing = {"wall_s": metrics.pop("wall_s"), "tokens_per_s": metrics.pop("tokens_per_s"), "prepare_s": prep_s}
+    if agree is not None:
+        summary = agree.summary()
+        metrics.update(agreement.flat_metrics(summary), agreement=summary)
+        config["agreement"] = {"topk": settings.kld_topk, "definitions": agreement.DEFINITIONS,
+                               **({"reference": refs.describe()} if settings.kld_topk else {})}
     if tasks is not None:
         timing["tasks_s"] = task_s
         fp_tasks = (fp_record or {}).get("metrics", {}).get("tasks", {})

@@ -40,6 +40,7 @@ class EvalSettings:
     limit: int | None = None  # items per task (None: all)
     num_fewshot: int | None = None
     profile_samples: int = 16  # windows of the eval text for the model's profile (0: no profile)
+    kld_topk: int = 32  # agreement with fp: P's top-K tokens + a rest bucket from a stored reference (0: exact, live)
 
     def __post_init__(self):
         check_types(self, flags=True)
@@ -49,7 +50,7 @@ class EvalSettings:
             object.__setattr__(self, "max_tokens", None)
         at_least(flags=True, ctx=(self.ctx, 2), max_tokens=(self.max_tokens, 0), batch_size=(self.batch_size, 1),
                  calib=(self.calib, 1), seed=(self.seed, 0), limit=(self.limit, 1), num_fewshot=(self.num_fewshot, 0),
-                 profile_samples=(self.profile_samples, 0))
+                 profile_samples=(self.profile_samples, 0), kld_topk=(self.kld_topk, 0))
         check_dtype(self.dtype)
         check_device(self.device)
         if self.backend not in BACKENDS:

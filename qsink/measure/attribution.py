@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from qsink.errors import QsinkError
-from qsink.models.adapter import adapter_for
+from qsink.models.adapter import adapter_for, text_config
 
 APPROXIMATION = ("gated FFN with its gate taken as linear: {act}(z) ~ c z, so out_k ~ x^T S_k x with "
                  "S_k = G^T diag(D[k]) U, symmetrised (the constant c scales every eigenvalue alike)")
@@ -134,7 +134,7 @@ def ffn_quadratic_analysis(model, input_ids: torch.Tensor, block_index: int, cha
     def median(key):
         return float(torch.tensor([t[key] for t in typical]).median()) if typical else None
 
-    return {"block": block_index, "channel": channel, "position": position, "approximation": APPROXIMATION.format(act=_gate_activation(model.config)),
+    return {"block": block_index, "channel": channel, "position": position, "approximation": APPROXIMATION.format(act=_gate_activation(text_config(model))),
             "spike_channel": spike, "typical_channels": {"n": len(typical), "median_ratio": median("ratio"),
                                                          "median_abs_lambda_1": float(torch.tensor([abs(t["lambda_1"]) for t in typical]).median()) if typical else None,
                                                          "median_cos_input_leading": median("cos_input_leading")}}

@@ -19,6 +19,7 @@ from qsink.measure.document import Profile
 from qsink.measure.gradients import gradient_sinks
 from qsink.measure.vocab_scan import vocab_scan
 from qsink.models import ResolvedModel, check_ctx, load, resolve
+from qsink.models.adapter import text_config
 from qsink.records import RecordStore, cell_key, env_info
 from qsink.measure.options import MeasureOptions, ProfileSettings
 
@@ -58,7 +59,7 @@ def measure_model(spec: str | ResolvedModel, text: Text, store: RecordStore, opt
     store.ensure_writable()
     model, tok = loaded or load(res, dtype=o.dtype, device=o.device, trust_remote_code=o.trust_remote_code, log=log)
     check_ctx(model, o.ctx, res.name)
-    _check_scan_layers(o.scan_layers, model.config.num_hidden_layers)
+    _check_scan_layers(o.scan_layers, text_config(model).num_hidden_layers)
     windows = make_windows(tok, text, o.ctx, max_tokens=tokens_for(tok, o.samples, o.ctx))
     if found:  # the cached profile only gains the analyses it lacks
         doc = dict(found[1])

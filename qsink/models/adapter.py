@@ -17,7 +17,8 @@ the ``norm_groups``, the ``value_pair`` and the ``ffn_pair``):
   embedding scaled by sqrt(hidden) inside the embedding module; pre-norm RMSNorms only, so the residual
   rotation folds (the norm's scale is fused and the norm set to ``w = 0``, i.e. a factor of 1).
 * ``gemma2``/``gemma3_text``: sandwich norms (the post-norms write the residual), ``x * (1 + w)``:
-  SmoothQuant folds into the pre-norms; Hadamard online.
+  SmoothQuant folds into the pre-norms; Hadamard online. ``gemma3`` (the image-text models, 4B and up):
+  the same blocks under ``model.language_model``; sizes come from the text config (:func:`text_config`).
 * ``olmo2``: the norms sit AFTER attention and the FFN, on what they write to the residual, plus q/k
   norms; nothing normalises the input of q/k/v (``input_norm`` is None: the profiler and the gradients
   read attention's input instead). SmoothQuant is refused (no norm to fold into); Hadamard online.
@@ -244,6 +245,14 @@ def _merge(rows: list[slice]) -> tuple[slice, ...]:
     return tuple(merged)
 
 
+def text_config(model: nn.Module):
+    """The config of the language model's blocks: a multimodal model's ``text_config`` (Gemma 3 4B and
+    up load as ``gemma3`` with the text model's sizes one level down), the model's own config otherwise."""
+    cfg = model.config
+    get = getattr(cfg, "get_text_config", None)
+    return get() if callable(get) else cfg
+
+
 def _get(obj, path: str):
     for part in path.split("."):
         obj = getattr(obj, part)
@@ -350,6 +359,11 @@ ADAPTERS: list[FamilyAdapter] = [
     # Gemma 1: Llama's pre-norm layout, x * (1 + w) norms: the residual rotation folds through norm_scale/unit_norm
     FamilyAdapter("gemma", ("gemma",), **{**_LLAMA_LIKE, "norm_offset": 1.0}),
     FamilyAdapter("gemma3", ("gemma3_text", "gemma2"), **_GEMMA_SANDWICH),
+    # Gemma 3 4B and up (``gemma3``): the same blocks inside an image-text model, whose vision tower and
+    # projector stay as they are (only the language model's blocks are measured and quantized)
+    FamilyAdapter("gemma3", ("gemma3",), **{**_GEMMA_SANDWICH, "blocks_path": "model.language_model.layers",
+                                            "embed_path": "model.language_model.embed_tokens",
+                                            "final_norm_path": "model.language_model.norm"}),
     FamilyAdapter("olmo2", ("olmo2",), **_OLMO2),
     FamilyAdapter("phi3", ("phi3",), input_norm="input_layernorm", post_attn_norm="post_attention_layernorm",
                   blocks_path="model.layers", embed_path="model.embed_tokens", final_norm_path="model.norm",

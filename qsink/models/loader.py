@@ -111,7 +111,9 @@ def load(spec: str | ResolvedModel, dtype: str = "fp32", device: str = "auto", t
 
 def check_ctx(model, ctx: int, name: str) -> None:
     """Refuse a window longer than the model's position table."""
-    max_pos = getattr(model.config, "max_position_embeddings", None)
+    from qsink.models.adapter import text_config
+
+    max_pos = getattr(text_config(model), "max_position_embeddings", None)
     if max_pos is not None and ctx > max_pos:
         raise QsinkError(f"--ctx {ctx} exceeds {name}'s maximum of {max_pos} positions; pass --ctx {max_pos} or less")
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from qsink.data.windows import Windows
 from qsink.errors import QsinkError
-from qsink.models.adapter import adapter_for
+from qsink.models.adapter import adapter_for, text_config
 from qsink.quant.calibration import run_windows
 from qsink.quant.handling import HANDLERS, Handler
 from qsink.quant.qlinear import QLinear, QuantContext
@@ -73,7 +73,8 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
         if not any(kv_rows):
             raise QsinkError(f"{scheme.name} quantizes k and v after projection, and qsink cannot tell where k and v "
                              f"come out in {ad.family} blocks; drop the +kv suffix for this model")
-        head_dim = getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
+        cfg = text_config(model)
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         kv = QuantFormat(scheme.kv.dtype, scheme.kv.bits, scheme.kv.symmetric, per_group(head_dim))
     t0 = time.perf_counter()
     ad.linearize_(model)  # GPT-2's Conv1D -> nn.Linear (function-preserving), before any rewrite

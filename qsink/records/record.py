@@ -10,6 +10,7 @@ Schema ``qsink.record/1``::
       "identity": {model_sha256, scheme, data_sha256, ctx, max_tokens, dtype, seed},
       "config": {"model": {...}, "scheme": {...}, "data": {...windowing...}, "eval": {...}},
       "metrics": {"ppl", "nll", "bpb", "n_scored", "n_bytes", "delta_ppl", "sqnr_db_mean", ...,
+                  "kld_mean", "same_top", "dp_rms", ..., "agreement": {...},        # quantized cells
                   "tasks": {TASK: {"acc", "acc_stderr", "n", "delta_acc", ...}}},   # with --task
       "profile": {"spike_magnitude", "top1_median_max", "kurtosis_max", "sink_ratio", ..., "key"},
       "timing": {"wall_s", "tokens_per_s", "prepare_s", "tasks_s"},

@@ -11,6 +11,7 @@ import pandas as pd
 
 PROFILE = ["spike_magnitude", "top1_median_max", "kurtosis_max", "linear_input_ratio_max", "sink_ratio", "has_massive"]
 FRONT = ["model", "scheme", "handling", "data", "ctx", "status", "ppl", "delta_ppl", "delta_ppl_pct", "bpb",
+         "kld_mean", "same_top", "dp_rms",
          *PROFILE, "sqnr_db_mean", "sqnr_db_min", "kept_token_fraction", "nll", "n_scored", "tokens_per_s", "wall_s"]
 NOT_FLATTENED = ("sqnr_db",)  # per-linear dicts stay in the record, not in columns
 MIN_MODELS_FOR_RHO = 5
@@ -41,6 +42,7 @@ def flatten(record: dict) -> dict:
     }
     row.update(model.get("variant") or {})  # qsink models' switches (norm, gate, ...), in the record's order
     metrics = dict(record.get("metrics", {}))
+    metrics.pop("agreement", None)  # the full agreement summary stays in the record; its headline numbers are columns
     for name, t in (metrics.pop("tasks", None) or {}).items():
         short = task_short(name)
         row[f"acc.{short}"] = t.get("acc")

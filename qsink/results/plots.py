@@ -82,3 +82,71 @@ def plot_heatmap(df: pd.DataFrame, path: Path, target: str = "delta_ppl_pct", ha
     cbar.ax.tick_params(labelsize=7)
     ax.set_title(f"{_label(target)} by model and scheme (handling: {handling})", fontsize=10)
     return save_figure(fig, path)
+
+
+def _agreement_cells(records: list[dict]) -> dict[str, list[dict]]:
+    """Quantized ok records that carry agreement statistics, by model, in the records' order."""
+    out: dict[str, list[dict]] = {}
+    for r in records:
+        if r.get("status") == "ok" and isinstance(r.get("metrics", {}).get("agreement"), dict):
+            out.setdefault(r["config"]["model"]["name"], []).append(r)
+    return out
+
+
+def _cell_label(r: dict) -> str:
+    h = r["identity"].get("handling", "none")
+    return r["identity"]["scheme"] + ("" if h == "none" else f"+{h}")
+
+
+def plot_kld_distribution(records: list[dict], path: Path) -> Path | None:
+    """Per model, the distribution of per-token KL divergence (fp || quantized) of each cell: the share
+    of positions in each log10 bin (positions below the first bin, exact agreement included, are left
+    out and counted in the legend)."""
+    cells = _agreement_cells(records)
+    if not cells:
+        return None
+    fig, axes = plt.subplots(len(cells), 1, figsize=(7.5, 3.2 * len(cells)), squeeze=False)
+    for ax, (model, recs) in zip(axes[:, 0], cells.items()):
+        for i, r in enumerate(recs):
+            a = r["metrics"]["agreement"]
+            h = a["kld_histogram"]
+            edges = [10 ** e for e in h["log10_edges"]]
+            share = [c / a["n"] for c in h["counts"]]
+            ax.stairs(share, edges, label=f"{_cell_label(r)} (mean {a['kld']['mean']:.3g}; {h['below']} below)",
+                      linestyle=("-", "--", ":", "-.")[i // 10 % 4])
+        ax.set_xscale("log")
+        ax.set_xlabel("per-token KLD(fp || quantized), nats", fontsize=8)
+        ax.set_ylabel("share of positions", fontsize=8)
+        ax.set_title(model, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+    fig.suptitle("Where the quantized next-token distribution departs from fp", fontsize=10)
+    return save_figure(fig, path)
+
+
+def plot_kld_by_kind(records: list[dict], path: Path) -> Path | None:
+    """Per model, mean KLD on massive-activation positions, the sink position, delimiters and all other
+    positions, one group of bars per cell; the model's spike magnitude in the panel's title."""
+    cells = _agreement_cells(records)
+    if not cells:
+        return None
+    kinds = ("massive", "sink", "delimiter", "other")
+    fig, axes = plt.subplots(len(cells), 1, figsize=(max(7.0, 0.9 * max(map(len, cells.values())) + 2), 3.4 * len(cells)),
+                             squeeze=False)
+    for ax, (model, recs) in zip(axes[:, 0], cells.items()):
+        width = 0.8 / len(kinds)
+        for k, kind in enumerate(kinds):
+            vals = [(r["metrics"]["agreement"]["by_kind"][kind]["kld_mean"] or float("nan")) for r in recs]
+            n = recs[0]["metrics"]["agreement"]["by_kind"][kind]["n"]
+            ax.bar([i + (k - 1.5) * width for i in range(len(recs))], vals, width, label=f"{kind} (n={n})")
+        ax.set_xticks(range(len(recs)), [_cell_label(r) for r in recs], rotation=45, ha="right", fontsize=7)
+        ax.set_yscale("log")
+        ax.set_ylabel("mean KLD, nats", fontsize=8)
+        spike = (recs[0].get("profile") or {}).get("spike_magnitude")
+        ratio = (recs[0].get("profile") or {}).get("top1_median_max")
+        extra = f": spike magnitude {spike:.4g}, top-1/median {ratio:.4g}" if spike is not None and ratio is not None else ""
+        ax.set_title(f"{model}{extra}", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7)
+    fig.suptitle("KL divergence by kind of position", fontsize=10)
+    return save_figure(fig, path)

@@ -10,7 +10,7 @@ import pandas as pd
 from qsink.files import atomic_write_text
 from qsink.results.markdown import fmt, frame_table
 from qsink.results.leaderboard import MIN_MODELS_FOR_RHO, correlations, leaderboard, task_short
-from qsink.results.plots import plot_delta_vs_spike, plot_heatmap
+from qsink.results.plots import plot_delta_vs_spike, plot_heatmap, plot_kld_by_kind, plot_kld_distribution
 
 
 def analyses_section(profiles: list[dict], plots_dir: Path, stem: str) -> list[str]:
@@ -60,6 +60,22 @@ def analyses_section(profiles: list[dict], plots_dir: Path, stem: str) -> list[s
     return (["", "## Seed-paper analyses"] + lines) if lines else []
 
 
+def kind_table(records: list[dict]) -> pd.DataFrame:
+    """One row per quantized cell with agreement statistics: n and mean KLD per kind of position."""
+    rows = []
+    for r in records:
+        a = r.get("metrics", {}).get("agreement") if r.get("status") == "ok" else None
+        if not isinstance(a, dict):
+            continue
+        row = {"model": r["config"]["model"]["name"], "scheme": r["identity"]["scheme"],
+               "handling": r["identity"].get("handling", "none")}
+        for kind, v in a["by_kind"].items():
+            row[f"KLD {kind}"] = v["kld_mean"]
+            row[f"n {kind}"] = v["n"]
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(["model", "scheme", "handling"]) if rows else pd.DataFrame()
+
+
 def build_report(records: list[dict], out: Path, title: str = "qsink report", command: str | None = None,
                  profiles: list[dict] | None = None) -> Path:
     """Write ``out`` (Markdown) and its plots beside it; return the report's path."""
@@ -96,12 +112,25 @@ def build_report(records: list[dict], out: Path, title: str = "qsink report", co
     # cells
     q = df[df["scheme"] != "fp"]
     if not q.empty:
-        ccols = [c for c in ["model", "scheme", "handling", "status", "ppl", "delta_ppl_pct", "sqnr_db_mean"]
+        ccols = [c for c in ["model", "scheme", "handling", "status", "ppl", "delta_ppl_pct", "kld_mean", "same_top",
+                             "dp_rms", "sqnr_db_mean"]
                  + [f"acc.{t}" for t in tasks] + [f"delta_acc.{t}" for t in tasks] if c in q.columns]
         cells = q.sort_values(["model", "scheme", "handling"])[ccols].rename(
-            columns={"delta_ppl_pct": "Δppl %", "sqnr_db_mean": "SQNR dB",
+            columns={"delta_ppl_pct": "Δppl %", "sqnr_db_mean": "SQNR dB", "kld_mean": "KLD", "same_top": "same top",
+                     "dp_rms": "Δp RMS",
                      **{f"delta_acc.{t}": f"Δacc {t}" for t in tasks}, **{f"acc.{t}": f"acc {t}" for t in tasks}})
-        lines += ["", "## Quantized cells", "", frame_table(cells, {"Δppl %": "{:+.2f}", "SQNR dB": "{:.1f}"})]
+        lines += ["", "## Quantized cells", "",
+                  "KLD = mean KL divergence of the quantized next-token distribution from the fp one (nats); same top = "
+                  "share of positions with the same most likely token; Δp RMS = root mean square change in the "
+                  "probability of the correct token (definitions: `qsink/evaluate/agreement.py`).", "",
+                  frame_table(cells, {"Δppl %": "{:+.2f}", "SQNR dB": "{:.1f}", "KLD": "{:.4f}", "same top": "{:.3f}",
+                                      "Δp RMS": "{:.4f}"})]
+        kinds = kind_table(records)
+        if not kinds.empty:
+            lines += ["", "## Where the damage lands: KLD by kind of position", "",
+                      "Mean KLD on positions whose residual stream carries a massive activation (found on the "
+                      "evaluation windows), on the sink position (0), on delimiter tokens, and on all others; n = positions.",
+                      "", frame_table(kinds, {c: "{:.4g}" for c in kinds.columns if c.startswith("KLD")})]
 
     # correlations
     corr = correlations(df)
@@ -116,7 +145,9 @@ def build_report(records: list[dict], out: Path, title: str = "qsink report", co
 
     # plots
     figs = [p for p in (plot_delta_vs_spike(df, plots_dir / f"{stem}-delta-vs-spike.png"),
-                        plot_heatmap(df, plots_dir / f"{stem}-heatmap.png")) if p]
+                        plot_heatmap(df, plots_dir / f"{stem}-heatmap.png"),
+                        plot_kld_distribution(records, plots_dir / f"{stem}-kld.png"),
+                        plot_kld_by_kind(records, plots_dir / f"{stem}-kld-by-kind.png")) if p]
     if figs:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in figs]
 

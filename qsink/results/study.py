@@ -231,6 +231,26 @@ def headline_table(df: pd.DataFrame, groups: list[str] | None = None) -> str:
     return table(rows)
 
 
+def agreement_table(df: pd.DataFrame) -> str:
+    """Per model group, scheme and handling (seeds pooled): agreement with the group's fp model (mean KLD,
+    same top, Δp RMS) beside Δppl %; only cells whose records carry the agreement statistics."""
+    ok = _ok(df)
+    if "kld_mean" not in ok.columns or ok["kld_mean"].isna().all():
+        return "_(no agreement statistics in these records; cells evaluated since the KL divergence landed have them)_"
+    ok = ok.dropna(subset=["kld_mean"])
+    rows = []
+    for g in _groups_in_order(ok):
+        for scheme in _scheme_order(ok[ok["group"] == g]):
+            for h in [h for h in HANDLING_ORDER if h in set(ok["handling"])] + sorted(set(ok["handling"]) - set(HANDLING_ORDER)):
+                c = ok[(ok["group"] == g) & (ok["scheme"] == scheme) & (ok["handling"] == h)]
+                if c.empty:
+                    continue
+                rows.append({"model": g, "scheme": scheme, "handling": h, "KLD": spread(c["kld_mean"], "{:.4f}"),
+                             "same top": spread(c["same_top"], "{:.3f}"), "Δp RMS": spread(c["dp_rms"], "{:.4f}"),
+                             "Δppl %": spread(c["delta_ppl_pct"])})
+    return table(rows)
+
+
 def _group_means(df: pd.DataFrame) -> pd.DataFrame:
     """Cells averaged over seeds, with the group as the model name (for the heatmap)."""
     ok = _ok(df)
@@ -320,6 +340,7 @@ def build_study(records: list[dict], baseline: str, reference_data: str | None =
         "spearman-kurtosis": spearman_table(df, data, "kurtosis"),
         "spearman-linear": spearman_table(df, data, "linear"),
         "headline": headline_table(df),
+        "agreement": agreement_table(df),
     }
     none = "_(no records on a second text)_"
     blocks.update({"handling-reference": none, "reference-cells": none})

@@ -20,10 +20,10 @@ from typing import Callable
 from qsink.data import resolve_data
 from qsink.errors import QsinkError
 from qsink.evaluate.plan import Cell
-from qsink.evaluate.runner import identity, run_cells
+from qsink.evaluate.runner import finished, identity, run_cells
 from qsink.evaluate.settings import EvalSettings
 from qsink.models import pick_device, resolve
-from qsink.records import RecordStore, cell_key
+from qsink.records import RecordStore
 from qsink.sweep.plan import Job, Sweep, order, train_done
 from qsink.train import load_recipe, train
 
@@ -97,7 +97,7 @@ def status(sweep: Sweep) -> dict[str, bool]:
         calib = text(settings.calib_data) if p["scheme"] != "fp" else None
         ident = identity(res.sha256, Cell(p["scheme"], p["handling"]), text(p.get("data")), settings,
                          calib.sha256 if calib else None)
-        done[job.key] = RecordStore(p["records"]).find_ok(cell_key(ident)) is not None
+        done[job.key] = finished(RecordStore(p["records"]), ident) is not None
     return done
 
 

@@ -34,3 +34,12 @@ def test_include_lists_and_errors(tmp_path):
     (tmp_path / "d.yaml").write_text("models: [m]\nschemes: {w8a8: 1}\n")
     with pytest.raises(QsinkError, match="schemes must be a list"):
         load_eval_recipe(tmp_path / "d.yaml")
+
+
+def test_parse_cells_splits_labels_and_checks_each():
+    from qsink.evaluate.plan import parse_cells
+
+    assert parse_cells(["w8a8,w4a4+hadamard", "nf4"]) == (("w8a8", "none"), ("w4a4", "hadamard"), ("nf4", "none"))
+    for bad, says in (("fp", "reference"), ("bogus", "bogus"), ("w8a8+nope", "nope"), ("", "no cells")):
+        with pytest.raises(QsinkError, match=says):
+            parse_cells([bad])

@@ -25,3 +25,53 @@ def test_run_matrix_from_python_equals_the_command(tiny_model_dir, sample_text_f
         cli = by_cell[o.cell.scheme]
         assert o.record["key"] == cli["key"]  # the same identity, so the same cell
         assert o.record["metrics"]["ppl"] == cli["metrics"]["ppl"] and o.record["profile"] == cli["profile"]
+
+
+def _kld_matrix(tiny_model_dir, sample_text_file, out, schemes=("w4a4",), force=False, **extra):
+    settings_opts = dict(ctx=32, max_tokens=128, calib=2, calib_data=f"file:{sample_text_file}", profile_samples=0, **extra)
+    cells, _, _, settings = plan_matrix({"schemes": list(schemes), **settings_opts}, force=force)
+    logs = []
+    _, outcomes = run_matrix([str(tiny_model_dir)], cells, settings, RecordStore(out), text_file=sample_text_file,
+                             log=logs.append)
+    return outcomes, logs
+
+
+def test_cells_carry_agreement_and_share_one_stored_reference(tiny_model_dir, sample_text_file, tmp_path):
+    out = tmp_path / "r"
+    outcomes, _ = _kld_matrix(tiny_model_dir, sample_text_file, out, schemes=("w4a4", "w8a8"))
+    fp, w4, w8 = (o.record for o in outcomes)
+    refs = list((out / "references").glob("*.npz"))
+    assert len(refs) == 1 and fp["config"]["kld_reference"]["path"] == f"references/{refs[0].name}"
+    assert fp["config"]["kld_reference"]["bytes"] == refs[0].stat().st_size
+    for rec in (w4, w8):
+        m = rec["metrics"]
+        assert m["kld_mean"] == m["agreement"]["kld"]["mean"] > 0 and 0 <= m["same_top"] <= 1
+        assert rec["config"]["agreement"]["reference"]["key"] == fp["config"]["kld_reference"]["key"]
+        assert "kld" in rec["config"]["agreement"]["definitions"]
+    assert w4["metrics"]["kld_mean"] > w8["metrics"]["kld_mean"]  # 4-bit activations depart further than 8-bit
+    # the same matrix again: nothing recomputed; a reference damaged on disk fails the cells that read it, by
+    # name, and --force rebuilds it (the fp cell reruns)
+    again, _ = _kld_matrix(tiny_model_dir, sample_text_file, out, schemes=("w4a4", "w8a8"))
+    assert all(o.skipped for o in again)
+    refs[0].write_bytes(refs[0].read_bytes()[:100])
+    damaged, _ = _kld_matrix(tiny_model_dir, sample_text_file, out, schemes=("w4a4", "w8a8", "w4a8"))
+    new = damaged[-1].record
+    assert new["status"] == "failed" and refs[0].name in new["error"] and "--force" in new["error"]
+    forced, _ = _kld_matrix(tiny_model_dir, sample_text_file, out, schemes=("w4a4", "w8a8", "w4a8"), force=True)
+    assert [o.record["status"] for o in forced] == ["ok"] * 4 and not any(o.skipped for o in forced)
+    assert forced[1].record["metrics"]["kld_mean"] == w4["metrics"]["kld_mean"]
+
+
+def test_exact_kld_and_records_made_before_the_agreement_metrics(tiny_model_dir, sample_text_file, tmp_path):
+    out = tmp_path / "r"
+    (o_fp, o_q), _ = _kld_matrix(tiny_model_dir, sample_text_file, out)
+    stored = o_q.record["metrics"]["kld_mean"]
+    (_, exact), _ = _kld_matrix(tiny_model_dir, sample_text_file, out, kld_topk=0)  # another key: a new cell
+    assert exact.path != o_q.path and exact.record["config"]["agreement"]["topk"] == 0
+    assert exact.record["metrics"]["kld_mean"] >= stored - 1e-6  # top-K + rest is a lower bound of the exact value
+    rec = json.loads(o_q.path.read_text())
+    del rec["metrics"]["kld_mean"]  # as a record written before the agreement metrics existed
+    o_q.path.write_text(json.dumps(rec))
+    (fp2, q2), logs = _kld_matrix(tiny_model_dir, sample_text_file, out)
+    assert fp2.skipped and not q2.skipped and q2.record["metrics"]["kld_mean"] == stored
+    assert any("predates the agreement metrics" in line for line in logs)

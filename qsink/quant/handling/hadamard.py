@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from qsink.models.adapter import text_config
 from qsink.quant.hadamard_matrices import apply_hadamard, hadamard_factors, random_hadamard
 from qsink.quant.handling.base import Handler, register
 from qsink.quant.handling.gptq import GPTQ
@@ -48,7 +49,7 @@ class Hadamard(Handler):
         if not adapter.can_rotate_residual():
             return self._prepare_online(model, adapter)
         blocks = adapter.blocks(model)
-        D = model.config.hidden_size
+        D = text_config(model).hidden_size
         hadamard_factors(D)  # refuse an impossible size before touching weights
         # untie lm_head from the embedding: they receive different transforms
         emb, head = adapter.embedding(model), model.get_output_embeddings()

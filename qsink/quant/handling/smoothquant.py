@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from qsink.models.adapter import text_config
 from qsink.quant.calibration import linear_input_absmax
 from qsink.quant.handling.base import Handler, needs_acts, register
 
@@ -57,7 +58,7 @@ class SmoothQuant(Handler):
     def prepare(self, model, adapter, calib, scheme) -> None:
         adapter.require_rewrites(self.name)
         stats = linear_input_absmax(model, adapter, calib)
-        cfg = model.config
+        cfg = text_config(model)
         n_heads, n_kv = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         for l, block in enumerate(adapter.blocks(model)):
             for norm_path, readers in adapter.norm_groups:
