@@ -81,19 +81,34 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
     handler.prepare(model, ad, calib, scheme)
     ctx = QuantContext()
     qlinears: dict[str, QLinear] = {}
-    for l, block in enumerate(ad.blocks(model)):
+    blocks = ad.blocks(model)
+    n_gqa = _n_gqa(model)
+    gguf_types: dict[str, str] = {}
+    fallbacks: dict[str, str] = {}
+    t_encode = time.perf_counter()
+    for l, block in enumerate(blocks):
         for name, lin in list(ad.linears(block).items()):
             is_kv = kv is not None and name in kv_rows[l]
-            q = QLinear.from_float(lin, f"{l}.{name}", ctx, scheme.weight, scheme.act, out_fmt=kv if is_kv else None,
+            w_fmt = scheme.weight_format_for(name, l, len(blocks), lin.weight.shape[1], n_gqa)
+            if scheme.ftype is not None:
+                t, why = scheme.gguf_choice(name, l, len(blocks), lin.weight.shape[1], n_gqa)
+                gguf_types[f"{l}.{name}"] = t
+                if why:
+                    fallbacks[f"{l}.{name}"] = why
+            q = QLinear.from_float(lin, f"{l}.{name}", ctx, w_fmt, scheme.act_format_for(w_fmt), out_fmt=kv if is_kv else None,
                                    out_rows=kv_rows[l].get(name), act_static=scheme.act_static,
                                    **handler.linear_options(l, name))
             ad.set_module(block, name, q)
             qlinears[q.name] = q
+    encode_s = time.perf_counter() - t_encode
     if "lm_head" in include:
         head = model.get_output_embeddings()
         if head.weight is ad.embedding(model).weight:  # tied: the embedding keeps its own copy
             head.weight = nn.Parameter(head.weight.detach().clone())
-        q = QLinear.from_float(head, "lm_head", ctx, scheme.weight, scheme.act, act_static=scheme.act_static)
+        h_fmt = scheme.weight_format_for("lm_head", len(blocks), len(blocks), head.weight.shape[1], n_gqa)
+        q = QLinear.from_float(head, "lm_head", ctx, h_fmt, scheme.act_format_for(h_fmt), act_static=scheme.act_static)
+        if scheme.ftype is not None:
+            gguf_types["lm_head"] = h_fmt.gguf_type
         model.set_output_embeddings(q)
         qlinears[q.name] = q
     if "embed" in include and scheme.weight is not None:
@@ -119,7 +134,7 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
     ctx.mode = "quant"
     ctx.kept_tokens = ctx.seen_tokens = 0
     finite = [v for v in sqnr_by_linear.values() if v is not None and math.isfinite(v)]
-    return {
+    report = {
         "scheme": scheme.to_dict(),
         "handling": {"name": handler.name, **handler.report()},
         "n_linears": len(qlinears),
@@ -130,7 +145,33 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
         "sqnr_db_mean": sum(finite) / len(finite) if finite else None,
         "sqnr_db_min": min(finite) if finite else None,
         "sqnr_db_min_linear": min((v, n) for n, v in sqnr_by_linear.items() if v is not None)[1] if finite else None,
+        "weight_encode_s": encode_s,
     }
+    if scheme.ftype is not None:  # every linear's GGUF type (after the handler, which may change them: imatrix)
+        types = {n: q.weight_fmt.gguf_type for n, q in qlinears.items()} if qlinears else gguf_types
+        counts: dict[str, int] = {}
+        for t in types.values():
+            counts[t] = counts.get(t, 0) + 1
+        report["gguf"] = {"ftype": scheme.ftype, "types": types, "type_counts": counts, "fallbacks": fallbacks,
+                          "bits_per_weight": _bits_per_weight(qlinears)}
+    return report
+
+
+def _n_gqa(model: nn.Module) -> int:
+    """Query heads per key/value head (llama.cpp's n_gqa, which some of its type rules read)."""
+    cfg = text_config(model)
+    heads = getattr(cfg, "num_attention_heads", None) or 1
+    return max(1, heads // (getattr(cfg, "num_key_value_heads", None) or heads))
+
+
+def _bits_per_weight(qlinears: dict) -> float | None:
+    """Weighted mean bits per weight of the quantized linears (scales included), as llama.cpp counts them."""
+    from qsink.quant.gguf_formats import BITS
+
+    n = sum(q.weight_fp.numel() for q in qlinears.values())
+    bits = sum(q.weight_fp.numel() * BITS.get(q.weight_fmt.gguf_type, 16.0) for q in qlinears.values()
+               if q.weight_fmt is not None)
+    return bits / n if n else None
 
 
 MODES = ("quant", "off", "calibrate", "sqnr")

@@ -56,6 +56,7 @@ class QLinear(nn.Module):
         self.act_static = act_static
         self.weight_clip = 1.0
         self.act_clip = 1.0
+        self.weight_importance = None  # per input column (llama.cpp's imatrix), used by the GGUF K-quant search
         self.register_buffer("weight_fp", weight.detach().clone())
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.register_buffer("weight_q", self._quantize_weight())
@@ -68,6 +69,9 @@ class QLinear(nn.Module):
         self.outlier_columns_seen = 0
         self.collect_hessian = False  # GPTQ: accumulate 2 X^T X during calibration
         self.hessian = None
+        self.collect_sumsq = False  # imatrix: accumulate the sum of x^2 per input column during calibration
+        self.sumsq = None
+        self.sumsq_rows = 0
 
     @classmethod
     def from_float(cls, linear: nn.Linear, name: str, ctx: QuantContext, weight_fmt, act_fmt, **kw) -> "QLinear":
@@ -80,7 +84,12 @@ class QLinear(nn.Module):
     def _quantize_weight(self) -> torch.Tensor:
         if self.weight_fmt is None:
             return self.weight_fp
-        return self.weight_fmt.fake(self.weight_fp, clip_ratio=self.weight_clip)
+        return self.weight_fmt.fake(self.weight_fp, clip_ratio=self.weight_clip, importance=self.weight_importance)
+
+    def set_weight_format(self, fmt, importance: torch.Tensor | None = None) -> None:
+        """Quantize the fp weight again, with another format and/or an importance per input column."""
+        self.weight_fmt, self.weight_importance = fmt, importance
+        self.weight_q = self._quantize_weight()
 
     def set_weight_clip(self, ratio: float) -> None:
         self.weight_clip = ratio
@@ -156,6 +165,10 @@ class QLinear(nn.Module):
         if self.collect_hessian:
             h = 2 * flat.T @ flat
             self.hessian = h if self.hessian is None else self.hessian + h
+        if self.collect_sumsq:
+            s = flat.double().pow(2).sum(dim=0)
+            self.sumsq = s if self.sumsq is None else self.sumsq + s
+            self.sumsq_rows += flat.shape[0]
         mask = self._keep_mask(x)
         if mask is not None and self.act_fmt is not None:
             flat = flat[~mask.reshape(-1)]  # kept tokens are not quantized, so they do not set scales

@@ -45,7 +45,7 @@ def per_group(size: int) -> Granularity:
     return Granularity("group", size)
 
 
-FORMATS = ("int", "mxfp4", "nvfp4", "nf4", "fp4", "fp8")
+FORMATS = ("int", "mxfp4", "nvfp4", "nf4", "fp4", "fp8", "gguf", "q8")  # gguf: llama.cpp weight types; q8: its CPU activation rounding
 BLOCKED = {"mxfp4": 32, "nvfp4": 16}  # block sizes fixed by the format specs
 
 
@@ -55,10 +55,19 @@ class QuantFormat:
     bits: int = 8  # integer width (int only)
     symmetric: bool = True
     granularity: Granularity = PER_CHANNEL
+    gguf_type: str = ""  # gguf: Q4_K, Q8_0, ... (or F16, a fallback); q8: Q8_0 or Q8_K
 
     def __post_init__(self):
         if self.dtype not in FORMATS:
             raise ValueError(f"unknown number format {self.dtype!r}; known: {', '.join(FORMATS)}")
+        if self.dtype in ("gguf", "q8"):
+            from qsink.quant import gguf_formats as G
+
+            known = (*G.TYPES, "F16") if self.dtype == "gguf" else ("Q8_0", "Q8_K")
+            if self.gguf_type not in known:
+                raise ValueError(f"{self.dtype} format needs gguf_type in {', '.join(known)}, not {self.gguf_type!r}")
+        elif self.gguf_type:
+            raise ValueError("only gguf and q8 formats take a gguf_type")
         if self.dtype == "int":
             P.int_range(self.bits, self.symmetric)  # validates 2..8
         if self.dtype in BLOCKED and self.granularity != per_group(BLOCKED[self.dtype]):
@@ -70,9 +79,20 @@ class QuantFormat:
     def row_granularity(self) -> str:
         return {"tensor": "tensor", "channel": "row", "token": "row", "group": "group"}[self.granularity.kind]
 
-    def fake(self, x: torch.Tensor, clip_ratio: float = 1.0, scale: torch.Tensor | None = None) -> torch.Tensor:
-        """``dequantize(quantize(x))``; ``scale`` is a static scale (int, symmetric only)."""
+    def fake(self, x: torch.Tensor, clip_ratio: float = 1.0, scale: torch.Tensor | None = None,
+             importance: torch.Tensor | None = None) -> torch.Tensor:
+        """``dequantize(quantize(x))``; ``scale`` is a static scale (int, symmetric only); ``importance``
+        weights each input column in the search of llama.cpp's K-quants (its importance matrix)."""
         g = self.granularity
+        if self.dtype in ("gguf", "q8"):
+            from qsink.quant import gguf_formats as G
+
+            if self.dtype == "q8":
+                return G.fake_activation(x, self.gguf_type)
+            if clip_ratio != 1.0:  # a clipping search shrinks each row's range before encoding
+                lim = x.abs().amax(dim=-1, keepdim=True) * clip_ratio
+                x = torch.maximum(torch.minimum(x, lim), -lim)
+            return G.fake_weight(x, self.gguf_type, importance)
         if self.dtype == "int":
             return P.fake_int(x, self.bits, self.symmetric, self.row_granularity, g.size, clip_ratio, scale)
         if self.dtype == "mxfp4":
@@ -92,12 +112,16 @@ class QuantFormat:
         return float(2 ** (self.bits - 1) - 1)
 
     def __str__(self) -> str:
+        if self.dtype in ("gguf", "q8"):
+            return self.gguf_type + (" activations" if self.dtype == "q8" else "")
         name = f"int{self.bits}{'' if self.symmetric else '-asym'}" if self.dtype == "int" else self.dtype
         return f"{name} {self.granularity}"
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["granularity"] = str(self.granularity)
+        if not self.gguf_type:
+            del d["gguf_type"]  # the records of the other formats keep the identity they had
         return d
 
 
@@ -109,6 +133,8 @@ class Scheme:
     act: QuantFormat | None = None
     act_static: bool = False  # per-tensor activation scales fixed from calibration data
     kv: QuantFormat | None = None  # k and v after projection (before RoPE), per token
+    ftype: str | None = None  # a llama.cpp file type (Q4_K_M, ...): each linear's GGUF type by llama.cpp's rule
+    cpu_acts: bool = False  # with ftype: inputs rounded as llama.cpp's CPU matmuls do (Q8_0 / Q8_K per weight type)
 
     def __post_init__(self):
         if self.act_static and (self.act is None or self.act.dtype != "int" or not self.act.symmetric
@@ -119,16 +145,45 @@ class Scheme:
     def quantizes_activations(self) -> bool:
         return self.act is not None
 
+    def weight_format_for(self, name: str, layer: int, n_layers: int, in_features: int, n_gqa: int = 1,
+                          has_imatrix: bool = False) -> QuantFormat | None:
+        """The weight format of one block linear (``name`` as the adapter names it, e.g.
+        ``self_attn.v_proj``; ``layer`` of ``n_layers``; rows of ``in_features``). One format for
+        every linear here; mixtures (llama.cpp's Q4_K_M, say) choose per linear."""
+        if self.ftype is None:
+            return self.weight
+        return gguf_format(self.gguf_choice(name, layer, n_layers, in_features, n_gqa, has_imatrix)[0])
+
+    def gguf_choice(self, name: str, layer: int, n_layers: int, in_features: int, n_gqa: int = 1,
+                    has_imatrix: bool = False) -> tuple[str, str | None]:
+        """(GGUF type, why it fell back or None) of one linear under this scheme's llama.cpp file type."""
+        from qsink.quant import gguf_formats as G
+
+        return G.tensor_type(self.ftype, G.role_of(name), layer, n_layers, in_features, n_gqa, has_imatrix)
+
+    def act_format_for(self, weight: QuantFormat | None) -> QuantFormat | None:
+        """The input format of a linear whose weight format is ``weight``: the scheme's, or with
+        ``cpu_acts`` the rounding llama.cpp's CPU backend applies for that weight type."""
+        if not self.cpu_acts or weight is None or weight.dtype != "gguf" or weight.gguf_type == "F16":
+            return self.act if not self.cpu_acts else None
+        from qsink.quant import gguf_formats as G
+
+        return QuantFormat("q8", granularity=per_group(256 if G.ACT_TYPE[weight.gguf_type] == "Q8_K" else 32),
+                           gguf_type=G.ACT_TYPE[weight.gguf_type])
+
     def with_kv(self, bits: int | None) -> "Scheme":
         if not bits:
             return self
         return replace(self, name=f"{self.name}+kv{bits}", kv=QuantFormat("int", bits, True, PER_TOKEN))
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "description": self.description,
-                "weight": self.weight.to_dict() if self.weight else None,
-                "act": self.act.to_dict() if self.act else None, "act_static": self.act_static,
-                "kv": self.kv.to_dict() if self.kv else None}
+        d = {"name": self.name, "description": self.description,
+             "weight": self.weight.to_dict() if self.weight else None,
+             "act": self.act.to_dict() if self.act else None, "act_static": self.act_static,
+             "kv": self.kv.to_dict() if self.kv else None}
+        if self.ftype:
+            d.update(ftype=self.ftype, cpu_acts=self.cpu_acts)
+        return d
 
 
 SCHEMES: Registry[Scheme] = Registry("scheme")
@@ -161,6 +216,35 @@ _add(Scheme("fp4", "bitsandbytes FP4 weights (blocks of 64), activations in high
             QuantFormat("fp4", 4, True, per_group(64))))
 _add(Scheme("fp8", "FP8-E4M3 per-channel weights and per-token activations (a reference point)",
             QuantFormat("fp8", 8, True, PER_CHANNEL), QuantFormat("fp8", 8, True, PER_TOKEN)))
+
+
+def gguf_format(qtype: str) -> QuantFormat:
+    """The weight format of one GGUF type (F16: llama.cpp's last fallback)."""
+    from qsink.quant import gguf_formats as G
+
+    return QuantFormat("gguf", granularity=PER_CHANNEL if qtype == "F16" else per_group(G.BLOCK[qtype]), gguf_type=qtype)
+
+
+def _add_gguf() -> None:
+    """llama.cpp's file types as schemes: ``gguf-q4_k_m`` keeps activations in high precision (as GPU
+    backends that dequantize weights do), ``gguf-q4_k_m-cpu`` also rounds every matmul's input as
+    llama.cpp's CPU backend does (Q8_0 blocks of 32 for legacy types, Q8_K blocks of 256 for K-quants)."""
+    from qsink.quant import gguf_formats as G
+
+    for ftype, default in G.FTYPES.items():
+        mixture = ftype != default
+        what = (f"llama.cpp {ftype}: {default} weights, some tensors raised by llama.cpp's per-tensor rule"
+                if mixture else f"llama.cpp {ftype}: {default} weights")
+        what += " (fallback types for rows that do not split into blocks)"
+        _add(Scheme(f"gguf-{ftype.lower()}", what + "; activations in high precision", gguf_format(default),
+                    ftype=ftype))
+        act = G.ACT_TYPE[default]
+        _add(Scheme(f"gguf-{ftype.lower()}-cpu", what + f"; inputs rounded as llama.cpp's CPU matmuls do ({act})",
+                    gguf_format(default), QuantFormat("q8", granularity=per_group(256 if act == "Q8_K" else 32),
+                                                      gguf_type=act), ftype=ftype, cpu_acts=True))
+
+
+_add_gguf()
 
 
 def get_scheme(name: str) -> Scheme:

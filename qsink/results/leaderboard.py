@@ -13,7 +13,7 @@ PROFILE = ["spike_magnitude", "top1_median_max", "kurtosis_max", "linear_input_r
 FRONT = ["model", "scheme", "handling", "data", "ctx", "status", "ppl", "delta_ppl", "delta_ppl_pct", "bpb",
          "kld_mean", "same_top", "dp_rms",
          *PROFILE, "sqnr_db_mean", "sqnr_db_min", "kept_token_fraction", "nll", "n_scored", "tokens_per_s", "wall_s"]
-NOT_FLATTENED = ("sqnr_db",)  # per-linear dicts stay in the record, not in columns
+NOT_FLATTENED = ("sqnr_db", "types", "fallbacks", "per_linear")  # per-linear dicts stay in the record, not in columns
 MIN_MODELS_FOR_RHO = 5
 # profile statistics ranked against the damage: the residual stream's largest value, the largest
 # per-layer kurtosis, and the largest max/median ratio of per-channel absmax over any linear's input
@@ -53,10 +53,15 @@ def flatten(record: dict) -> dict:
     row.update({k: v for k, v in (record.get("profile") or {}).items() if k != "key"})
     config = dict(record["config"])
     if isinstance(config.get("quant"), dict):
-        config["quant"] = {k: v for k, v in config["quant"].items() if k not in NOT_FLATTENED}
+        config["quant"] = _prune(config["quant"])
     nested = pd.json_normalize({"config": config, "env": record["env"]}, sep=".").iloc[0].to_dict()
     row.update(nested)
     return row
+
+
+def _prune(d: dict) -> dict:
+    """``d`` without its per-linear parts (:data:`NOT_FLATTENED`), at any depth."""
+    return {k: _prune(v) if isinstance(v, dict) else v for k, v in d.items() if k not in NOT_FLATTENED}
 
 
 def leaderboard(records: list[dict], sort: str = "ppl") -> pd.DataFrame:
