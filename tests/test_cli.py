@@ -237,6 +237,10 @@ def test_evaluate_recipe_with_tasks_profile_leaderboard_and_report(tiny_model_di
     assert {"acc.sentiment", "delta_acc.sentiment", "spike_magnitude", "sink_ratio", "kurtosis_max"} <= set(df.columns)
     assert (tmp_path / "plots" / "delta-vs-spike.png").stat().st_size > 0
     assert (tmp_path / "plots" / "heatmap.png").stat().st_size > 0
+    assert {"kld_mean", "same_top", "dp_rms"} <= set(df.columns)
+    assert (df[df["scheme"] == "w8a8"]["kld_mean"] > 0).all() and df[df["scheme"] == "fp"]["kld_mean"].isna().all(), df[["scheme", "kld_mean"]]
+    for png in ("kld.png", "kld-by-kind.png"):
+        assert (tmp_path / "plots" / png).stat().st_size > 0
     code, _, err = run(["leaderboard", "--results", str(out), "--group-by", "nrom"], capsys)
     assert code == 2 and "no column(s) nrom" in err
 
@@ -245,6 +249,8 @@ def test_evaluate_recipe_with_tasks_profile_leaderboard_and_report(tiny_model_di
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## Quantized cells" in md and "## Does the spike predict the damage?" in md and "acc sentiment" in md
     assert (tmp_path / "rep" / "report-delta-vs-spike.png").is_file()
+    assert "KLD" in md and "## Where the damage lands: KLD by kind of position" in md
+    assert (tmp_path / "rep" / "report-kld-by-kind.png").is_file() and (tmp_path / "rep" / "report-kld.png").is_file()
 
     (tmp_path / "bad.yaml").write_text("models: [x]\nschemez: [w8a8]\n")
     code, _, err = run(["evaluate", "--recipe", str(tmp_path / "bad.yaml")], capsys)

@@ -40,8 +40,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
-import tempfile
 import time
 import unicodedata
 from dataclasses import dataclass
@@ -51,6 +49,7 @@ import numpy as np
 import torch
 
 from qsink.errors import QsinkError
+from qsink.files import atomic_write_bytes
 from qsink.evaluate.perplexity import Observer, base_hidden, head_logits
 from qsink.measure.stats import massive_mask
 from qsink.models.adapter import adapter_for
@@ -78,17 +77,32 @@ DEFINITIONS = {
 # ----------------------------------------------------------------------------------- per position
 
 
+def _log_parts(logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 log-probabilities of the tokens ``ids`` (n, k) and of the mass outside them (n,).
+
+    The normaliser and the rest mass are sums of fp32 ``exp(x - max)`` accumulated in float64, and the
+    rest is summed directly over the other tokens (no ``1 - sum`` cancellation): the log-probabilities
+    carry ~1e-9 of error instead of fp32 log-softmax's ~1e-6, which is what a KL divergence of 1e-6
+    between two close models needs. Identical logits give identical results bit for bit.
+    """
+    m = logits.max(dim=-1, keepdim=True).values
+    e = torch.exp(logits - m)
+    lse = m.squeeze(-1).double() + torch.log(e.sum(dim=-1, dtype=torch.float64))
+    top = logits.gather(-1, ids).double() - lse[:, None]
+    rest = torch.log(e.scatter_(-1, ids, 0.0).sum(dim=-1, dtype=torch.float64)) + m.squeeze(-1).double() - lse
+    return top, rest
+
+
+def _lse64(logits: torch.Tensor) -> torch.Tensor:
+    m = logits.max(dim=-1, keepdim=True).values
+    return m.squeeze(-1).double() + torch.log(torch.exp(logits - m).sum(dim=-1, dtype=torch.float64))
+
+
 def topk_reference(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """P's top-k log-probabilities (n, k), their token ids (n, k) and the log of the rest mass (n,)."""
-    lse = torch.logsumexp(logits, dim=-1)
-    top, ids = logits.topk(k, dim=-1)
-    return top - lse[:, None], ids, _log_rest(logits, ids, lse)
-
-
-def _log_rest(logits: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-    """ln of the probability mass outside ``ids``, summed directly (no 1 - sum cancellation)."""
-    rest = torch.logsumexp(logits.scatter(-1, ids, float("-inf")), dim=-1)
-    return (rest - lse).double()
+    """P's top-k log-probabilities (n, k) float64, their token ids (n, k) and the log of the rest mass (n,)."""
+    ids = logits.topk(k, dim=-1).indices
+    top, rest = _log_parts(logits, ids)
+    return top, ids, rest
 
 
 def _xlogy_diff(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
@@ -100,21 +114,21 @@ def _xlogy_diff(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
 def topk_stats(q_logits: torch.Tensor, p_top: torch.Tensor, p_ids: torch.Tensor,
                p_rest: torch.Tensor) -> dict[str, torch.Tensor]:
     """Forward and reverse KLD over P's top-k tokens plus the rest bucket, per row, float64."""
-    lse = torch.logsumexp(q_logits, dim=-1)
-    q_top = (q_logits.gather(-1, p_ids) - lse[:, None]).double()
-    q_rest = _log_rest(q_logits, p_ids, lse)
-    p_top = p_top.double()
+    q_top, q_rest = _log_parts(q_logits, p_ids)
+    p_top, p_rest = p_top.double(), p_rest.double()
     kld = _xlogy_diff(p_top, q_top).sum(-1) + _xlogy_diff(p_rest, q_rest)
     rkld = _xlogy_diff(q_top, p_top).sum(-1) + _xlogy_diff(q_rest, p_rest)
     return {"kld": kld, "kld_reverse": rkld, "argmax": q_logits.argmax(-1)}
 
 
 def exact_stats(q_logits: torch.Tensor, p_logits: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Forward and reverse KLD over the whole vocabulary, per row, float64 sums of fp32 terms."""
-    lp, lq = torch.log_softmax(p_logits, -1), torch.log_softmax(q_logits, -1)
-    diff = lp - lq
-    kld = (lp.exp() * diff).sum(-1, dtype=torch.float64)
-    rkld = (lq.exp() * -diff).sum(-1, dtype=torch.float64)
+    """Forward and reverse KLD over the whole vocabulary, per row, float64 sums of fp32 terms; the
+    difference of log-probabilities is taken as ``(x_p - x_q) - (lse_p - lse_q)``, so that two close
+    models' KLD is not drowned by the rounding of each log-softmax."""
+    lse_p, lse_q = _lse64(p_logits), _lse64(q_logits)
+    diff = (p_logits - q_logits) - (lse_p - lse_q).float()[:, None]  # ln P - ln Q
+    kld = (torch.exp(p_logits - lse_p.float()[:, None]) * diff).sum(-1, dtype=torch.float64)
+    rkld = (torch.exp(q_logits - lse_q.float()[:, None]) * -diff).sum(-1, dtype=torch.float64)
     return {"kld": kld, "kld_reverse": rkld}
 
 
@@ -185,7 +199,7 @@ class Reference:
 
     key: str  # the reference's identity hash (model, text, windows, K, kind thresholds)
     identity: dict
-    top_logp: np.ndarray  # (n, K) float32: P's top-K log-probabilities
+    top_logp: np.ndarray  # (n, K) float64: P's top-K log-probabilities
     top_ids: np.ndarray  # (n, K) int32
     rest_logp: np.ndarray  # (n,) float64: ln of P's mass outside the top K
     nll: np.ndarray  # (n,) float64: the fp NLL of the correct token
@@ -212,24 +226,13 @@ class Reference:
         path.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         np.savez(buf, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(buf.getvalue())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return path
+        return atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: Path, key: str) -> "Reference":
         """The reference in ``path``, checked: a file made for another key, or one whose arrays do not
         hash to what its header says (corrupt, truncated, edited), is an error naming the file."""
-        fix = f"delete it (or rerun with --force) and the fp model rebuilds it"
+        fix = "delete it (or rerun with --force) and the fp model rebuilds it"
         try:
             with np.load(path, allow_pickle=False) as z:
                 header = json.loads(bytes(z["header"]).decode())
@@ -266,7 +269,7 @@ class ReferenceBuilder(Observer):
         self.model, self.topk, self.identity = model, topk, identity
         self.delimiters = delimiter_ids(tokenizer, windows.input_ids.flatten().tolist())
         n = windows.n_scored
-        self.top_logp = np.zeros((n, topk), np.float32)
+        self.top_logp = np.zeros((n, topk), np.float64)
         self.top_ids = np.zeros((n, topk), np.int32)
         self.rest = np.zeros(n, np.float64)
         self.nll = np.zeros(n, np.float64)
