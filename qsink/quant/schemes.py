@@ -113,7 +113,7 @@ class QuantFormat:
 
     def __str__(self) -> str:
         if self.dtype in ("gguf", "q8"):
-            return self.gguf_type + (" activations" if self.dtype == "q8" else "")
+            return self.gguf_type
         name = f"int{self.bits}{'' if self.symmetric else '-asym'}" if self.dtype == "int" else self.dtype
         return f"{name} {self.granularity}"
 

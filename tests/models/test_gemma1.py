@@ -13,7 +13,7 @@ import torch
 from qsink.measure.collect import profile
 from qsink.models.adapter import adapter_for
 from qsink.quant import check_combination, get_scheme
-from tests.conftest import (assert_profile_matches, function_kept_rel, handling_names, n_linear_modules,
+from tests.conftest import (HANDLING_SCHEME, assert_profile_matches, function_kept_rel, handling_names, n_linear_modules,
                             randomize_norms, residual_states, uniform_bos_alpha)
 
 D, FFN, HEADS, HEAD_DIM = 48, 96, 2, 24
@@ -65,7 +65,7 @@ def test_a_planted_sink_has_the_uniform_alpha(tok, data):
 @pytest.mark.parametrize("handling", handling_names())
 def test_every_accepted_method_keeps_the_function(tok, data, handling):
     windows, calib = data
-    check_combination(get_scheme("w8a8"), handling)  # all of them accept w8a8
+    check_combination(get_scheme(HANDLING_SCHEME.get(handling, "w8a8")), handling)  # each accepts its test scheme
     model = tiny_gemma(tok)
     rel, report, q = function_kept_rel(model, handling, windows, calib, tok)
     assert rel < 1e-4, (handling, rel)

@@ -19,7 +19,8 @@ from tests.conftest import (assert_profile_matches, assert_refused_untouched, fu
                             n_linear_modules, randomize_norms, residual_states, uniform_bos_alpha)
 
 D, FFN, HEADS = 48, 96, 2
-REFUSED = {"smoothquant": "no norm in front of q/k/v"}
+REFUSED = {"smoothquant": "no norm in front of q/k/v", "awq": "no norm in front of q/k/v",
+           "awq+gptq": "no norm in front of q/k/v"}
 
 
 def tiny_olmo2(tok, layers: int = 2, seed: int = 0):

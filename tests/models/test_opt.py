@@ -97,7 +97,7 @@ def test_post_norm_opt(tok, data, handling):
     model = tiny_opt(tok, prenorm=False)
     ad = adapter_for(model)
     assert ad.postnorm and ad.norm_before_attention(model.model.decoder.layers[0]) is None
-    if handling == "smoothquant":
+    if handling in ("smoothquant", "awq", "awq+gptq"):  # the scale-folding methods
         msg = assert_refused_untouched(model, handling, calib, tok, "do_layer_norm_before=False")
         assert "post-norm" in msg and "\n" not in msg
         with pytest.raises(QsinkError, match="needs pre-norm blocks"):

@@ -120,6 +120,31 @@ COMBINATIONS = {
     ("fp8", "smoothquant"): OK,
     ("fp8", "token-keep"): OK,
 }
+# awq protects weights (any format); awq+gptq adds GPTQ (integer weights); imatrix weights the GGUF search
+_GPTQ_REFUSAL = "gptq quantizes integer weights, and {s} has {w} weights"
+for _s, _w in (("w8a8", "int"), ("w8a8-static", "int"), ("w4a16", "int"), ("w4a8", "int"), ("w4a4", "int"),
+               ("mxfp4", "mxfp4"), ("nvfp4", "nvfp4"), ("nf4", "nf4"), ("fp4", "fp4"), ("fp8", "fp8")):
+    COMBINATIONS[(_s, "awq")] = OK
+    COMBINATIONS[(_s, "awq+gptq")] = OK if _w == "int" else _GPTQ_REFUSAL.format(s=_s, w=_w)
+    COMBINATIONS[(_s, "imatrix")] = f"imatrix weights llama.cpp's GGUF quantization search, and {_s} has no GGUF weights"
+for _h in ("awq", "awq+gptq", "imatrix"):
+    COMBINATIONS[("fp", _h)] = f"fp quantizes nothing, so {_h} has nothing to protect"
+# llama.cpp's file types: GGUF weights (never integer to GPTQ, never integer scales to clip); the -cpu
+# variants round inputs to Q8_0 / Q8_K, so the activation-side methods apply to them but llm-int8 does not
+for _ft in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m",
+            "q5_k_s", "q5_k_m", "q6_k"):
+    _act = "Q8_K" if "_k" in _ft else "Q8_0"
+    for _s, _cpu in ((f"gguf-{_ft}", False), (f"gguf-{_ft}-cpu", True)):
+        COMBINATIONS.update({
+            (_s, "none"): OK, (_s, "hadamard"): OK, (_s, "awq"): OK, (_s, "imatrix"): OK,
+            (_s, "clip"): f"clip searches integer scales, and {_s} uses {'gguf, q8' if _cpu else 'gguf'}",
+            (_s, "gptq"): _GPTQ_REFUSAL.format(s=_s, w="gguf"), (_s, "quarot"): _GPTQ_REFUSAL.format(s=_s, w="gguf"),
+            (_s, "awq+gptq"): _GPTQ_REFUSAL.format(s=_s, w="gguf"),
+            (_s, "llm-int8"): f"llm-int8 decomposes int8 activation matmuls, and {_s} has "
+                              + (f"{_act} activations" if _cpu else "no activation quantization"),
+            (_s, "smoothquant"): OK if _cpu else f"smoothquant protects activation quantization, and {_s} quantizes no activations",
+            (_s, "token-keep"): OK if _cpu else f"token-keep protects activation quantization, and {_s} quantizes no activations",
+        })
 ACCEPTED = [pair for pair, outcome in COMBINATIONS.items() if outcome == OK]
 REFUSED = [(*pair, outcome) for pair, outcome in COMBINATIONS.items() if outcome != OK]
 
@@ -127,7 +152,8 @@ REFUSED = [(*pair, outcome) for pair, outcome in COMBINATIONS.items() if outcome
 def test_the_table_covers_every_registered_pair():
     """A scheme or handling added without a row here fails, instead of going untested."""
     assert set(COMBINATIONS) == {(s, h) for s in SCHEMES.names() for h in HANDLERS.names()}
-    assert len(ACCEPTED) == 53 and len(REFUSED) == 35  # 11 schemes x 8 handlings
+    assert len(COMBINATIONS) == 39 * 11  # 11 generic schemes + 28 GGUF file types, x 11 handlings
+    assert len(ACCEPTED) == 53 + 10 + 5 + 14 * 4 + 14 * 6 and len(REFUSED) == 39 * 11 - len(ACCEPTED)
 
 
 @pytest.mark.parametrize("scheme, handling", ACCEPTED)
@@ -155,7 +181,13 @@ def test_refused_combinations_are_refused_before_compute(model, calib, tok, sche
     assert all(torch.equal(v, ref[k]) for k, v in m.state_dict().items())
 
 
-@pytest.mark.parametrize("scheme, handling", ACCEPTED)
+# every generic pair runs; of the GGUF file types, every handling on Q4_K_M (weight-only and CPU) and Q4_0-cpu,
+# and the other file types without handling (their codecs and rules have their own tests)
+RUN = [(s, h) for s, h in ACCEPTED if not s.startswith("gguf-") or s in ("gguf-q4_k_m", "gguf-q4_k_m-cpu", "gguf-q4_0-cpu")
+       or h == "none"]
+
+
+@pytest.mark.parametrize("scheme, handling", RUN)
 def test_accepted_combinations_run(model, tok, windows, calib, scheme, handling):
     s = get_scheme(scheme)
     m = copy.deepcopy(model)
