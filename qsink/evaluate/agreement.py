@@ -24,6 +24,10 @@ model's; ``y``: the correct next token; the summary statistics follow llama.cpp'
   account (they are strongly correlated, so the ratio is far better determined than either PPL).
 * means carry the standard error ``std / sqrt(n)`` (std with ``n - 1``); percentiles are numpy's
   linear interpolation.
+* precision: log-probabilities are the fp32 logits minus their fp32 logsumexp, taken to float64; each
+  position's KLD carries about 1e-7 nats of rounding (either sign), so values below ~1e-6 mean "equal
+  to rounding". Identical logits give exactly 0. llama.cpp keeps its reference as 16-bit codes, which
+  is coarser.
 
 Kinds of position (a position predicts the token after it; its kind is that of its own token and
 hidden state): **massive** if its residual stream carries a massive activation in any block of the
@@ -40,6 +44,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import time
 import unicodedata
 from dataclasses import dataclass
@@ -55,6 +60,7 @@ from qsink.measure.stats import massive_mask
 from qsink.models.adapter import adapter_for
 
 DEFAULT_TOPK = 32
+REST_FLOOR = 1e-6  # a rest mass below this is fp32 rounding of 1 - sum(top-K): both sides count it as this
 PERCENTILES = (99.9, 99.0, 95.0, 90.0, 50.0, 10.0, 5.0, 1.0, 0.1)
 MASSIVE, SINK, DELIMITER = 1, 2, 4  # bits of a position's kind
 KINDS = {"massive": MASSIVE, "sink": SINK, "delimiter": DELIMITER}
@@ -77,31 +83,27 @@ DEFINITIONS = {
 # ----------------------------------------------------------------------------------- per position
 
 
-def _log_parts(logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """float64 log-probabilities of the tokens ``ids`` (n, k) and of the mass outside them (n,).
-
-    The normaliser and the rest mass are sums of fp32 ``exp(x - max)`` accumulated in float64, and the
-    rest is summed directly over the other tokens (no ``1 - sum`` cancellation): the log-probabilities
-    carry ~1e-9 of error instead of fp32 log-softmax's ~1e-6, which is what a KL divergence of 1e-6
-    between two close models needs. Identical logits give identical results bit for bit.
-    """
-    m = logits.max(dim=-1, keepdim=True).values
-    e = torch.exp(logits - m)
-    lse = m.squeeze(-1).double() + torch.log(e.sum(dim=-1, dtype=torch.float64))
-    top = logits.gather(-1, ids).double() - lse[:, None]
-    rest = torch.log(e.scatter_(-1, ids, 0.0).sum(dim=-1, dtype=torch.float64)) + m.squeeze(-1).double() - lse
-    return top, rest
-
-
 def _lse64(logits: torch.Tensor) -> torch.Tensor:
     m = logits.max(dim=-1, keepdim=True).values
     return m.squeeze(-1).double() + torch.log(torch.exp(logits - m).sum(dim=-1, dtype=torch.float64))
 
 
-def topk_reference(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def log_top_and_rest(logits: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 log-probabilities of the tokens ``ids`` (n, k) and of the mass outside them (n,), from the
+    logits and their logsumexp: ``x - lse``, and ``ln(1 - sum)`` of the top probabilities, floored at
+    :data:`REST_FLOOR` (below it, ``1 - sum`` is fp32's rounding; :func:`_rest_term` gives such a bucket
+    no weight and uses the floor inside the logarithm). The fp
+    reference and every quantized cell compute them the same way, so identical logits give a KLD of
+    exactly 0; fp32's rounding of the logsumexp leaves about 1e-7 nats on each position."""
+    top = logits.gather(-1, ids).double() - lse.double()[:, None]
+    return top, torch.log((1.0 - top.exp().sum(-1)).clamp_min(REST_FLOOR))
+
+
+def topk_reference(logits: torch.Tensor, k: int, lse: torch.Tensor | None = None):
     """P's top-k log-probabilities (n, k) float64, their token ids (n, k) and the log of the rest mass (n,)."""
+    lse = torch.logsumexp(logits, dim=-1) if lse is None else lse
     ids = logits.topk(k, dim=-1).indices
-    top, rest = _log_parts(logits, ids)
+    top, rest = log_top_and_rest(logits, ids, lse)
     return top, ids, rest
 
 
@@ -111,13 +113,27 @@ def _xlogy_diff(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
     return torch.where(p > 0, p * (p_log - q_log), torch.zeros_like(p))
 
 
-def topk_stats(q_logits: torch.Tensor, p_top: torch.Tensor, p_ids: torch.Tensor,
-               p_rest: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Forward and reverse KLD over P's top-k tokens plus the rest bucket, per row, float64."""
-    q_top, q_rest = _log_parts(q_logits, p_ids)
+def _rest_term(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
+    """The rest bucket's share of the KLD: no weight where P's rest is at the floor (rounding, not mass)."""
+    p = p_log.exp()
+    above = p_log > math.log(REST_FLOOR) + 1e-9  # compared as logs: exp(log(floor)) may round above the floor
+    return torch.where(above, p * (p_log - q_log), torch.zeros_like(p))
+
+
+def topk_stats(q_logits: torch.Tensor, p_top: torch.Tensor, p_ids: torch.Tensor, p_rest: torch.Tensor,
+               q_lse: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Forward and reverse KLD over P's top-k tokens plus the rest bucket, per row, float64.
+
+    Both sides as :func:`log_top_and_rest` computes them; Q's costs one gather per row, with ``q_lse``
+    the logsumexp the perplexity pass computes anyway (computed here if not given), which keeps the
+    statistics at a few per cent of the pass's time.
+    """
+    if q_lse is None:
+        q_lse = torch.logsumexp(q_logits, dim=-1)
+    q_top, q_rest = log_top_and_rest(q_logits, p_ids, q_lse)
     p_top, p_rest = p_top.double(), p_rest.double()
-    kld = _xlogy_diff(p_top, q_top).sum(-1) + _xlogy_diff(p_rest, q_rest)
-    rkld = _xlogy_diff(q_top, p_top).sum(-1) + _xlogy_diff(q_rest, p_rest)
+    kld = _xlogy_diff(p_top, q_top).sum(-1) + _rest_term(p_rest, q_rest)
+    rkld = _xlogy_diff(q_top, p_top).sum(-1) + _rest_term(q_rest, p_rest)
     return {"kld": kld, "kld_reverse": rkld, "argmax": q_logits.argmax(-1)}
 
 
@@ -286,18 +302,18 @@ class ReferenceBuilder(Observer):
         self.tracker.reset()
         self._batch = (row0, input_ids)
 
-    def chunk(self, row, logits, targets, nll):
+    def chunk(self, row, logits, targets, nll, lse):
         t0 = time.perf_counter()
-        self._chunk(row, logits, nll)
+        self._chunk(row, logits, nll, lse)
         self.own_s += time.perf_counter() - t0
 
-    def _chunk(self, row, logits, nll):
+    def _chunk(self, row, logits, nll, lse):
         if self._batch is not None:  # the forward has run: every block's output was seen
             row0, ids = self._batch
             k = position_kinds(ids, self.tracker.mask, self.delimiters).numpy()
             self.kinds[row0 : row0 + k.shape[0]] = k
             self._batch = None
-        top, ids, rest = topk_reference(logits, min(self.topk, logits.shape[-1]))
+        top, ids, rest = topk_reference(logits, min(self.topk, logits.shape[-1]), lse)
         sl = slice(row, row + logits.shape[0])
         self.top_logp[sl, : top.shape[1]] = top.cpu().numpy()
         self.top_ids[sl, : ids.shape[1]] = ids.cpu().numpy()
@@ -346,13 +362,13 @@ class Agreement(Observer):
         k = position_kinds(input_ids, self.tracker.mask, self.delimiters).numpy()
         self.kinds[row0 : row0 + k.shape[0]] = k
 
-    def chunk(self, row, logits, targets, nll):
+    def chunk(self, row, logits, targets, nll, lse):
         sl = slice(row, row + logits.shape[0])
         self.nll_q[sl] = nll.double().cpu().numpy()
         if self.ref is not None:
             r = self.ref
             ref = [torch.from_numpy(a[sl]).to(logits.device) for a in (r.top_logp, r.top_ids, r.rest_logp)]
-            st = topk_stats(logits, ref[0], ref[1].long(), ref[2])
+            st = topk_stats(logits, ref[0], ref[1].long(), ref[2], lse)
             self.same[sl] = st["argmax"].cpu().numpy() == r.argmax[sl]
         else:
             local = row - self._row0

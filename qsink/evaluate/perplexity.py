@@ -106,7 +106,9 @@ class Observer:
     def begin_batch(self, row0: int, input_ids: torch.Tensor) -> None:
         """Called before each batch's forward (rows from ``row0`` on)."""
 
-    def chunk(self, row: int, logits: torch.Tensor, targets: torch.Tensor, nll: torch.Tensor) -> None:
+    def chunk(self, row: int, logits: torch.Tensor, targets: torch.Tensor, nll: torch.Tensor,
+              lse: torch.Tensor) -> None:
+        """One chunk: fp32 logits (n, V), the correct tokens (n,), their NLL and the rows' logsumexp (n,)."""
         raise NotImplementedError
 
 
@@ -155,10 +157,11 @@ def _batch_nll(model, batch: torch.Tensor, row0: int, observers, data_name: str,
     parts = []
     for i, logits in logit_chunks(model, batch):
         t = targets[i : i + logits.shape[0]]
-        nll = _nll(logits, t)
+        lse = torch.logsumexp(logits, dim=-1)
+        nll = lse - logits.gather(-1, t[:, None]).squeeze(-1)
         parts.append(nll)
         for ob in observers:
-            ob.chunk(row0 + i, logits, t, nll)
+            ob.chunk(row0 + i, logits, t, nll, lse)
     nll = torch.cat(parts).view(B, T - 1).double().sum(dim=1)
     bad = ~torch.isfinite(nll)
     if bad.any():

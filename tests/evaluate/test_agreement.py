@@ -92,13 +92,13 @@ def test_topk_with_rest_bucket_is_exact_on_small_support_and_a_bounded_lower_bou
     for r in range(4):
         exact = kl(P[r], Q[r])
         if r < 2:
-            assert est[r] == pytest.approx(exact, abs=1e-6)
+            assert est[r] == pytest.approx(exact, rel=1e-6)  # fp32 logsumexp: ~1e-7 relative
             continue
         in_top = np.zeros(V, bool)
         in_top[ids[r].numpy()] = True
         p_rest, q_rest = P[r][~in_top].sum(), Q[r][~in_top].sum()
         gap = p_rest * kl(P[r][~in_top] / p_rest, Q[r][~in_top] / q_rest)  # the stated bound, computed directly
-        assert est[r] <= exact + 1e-9
+        assert est[r] <= exact + 1e-6
         assert exact - est[r] == pytest.approx(gap, abs=1e-6)
         assert gap > 1e-4  # a case where the bound matters
 
@@ -166,8 +166,9 @@ def test_topk_estimate_against_the_exact_value_on_a_small_vocabulary(tok, window
     np.testing.assert_allclose(exact.rkld, (Q * (lq - lp)).sum(-1), atol=1e-6)
     assert exact.kld.mean() > 1e-3  # the quantization is visible
     full = agree(q, tok, windows, ref=reference(model, tok, windows, len(tok)))
-    np.testing.assert_allclose(full.kld, exact.kld, atol=1e-6)
-    np.testing.assert_allclose(full.rkld, exact.rkld, atol=1e-6)
+    # the top-K path works from fp32 logsumexps (about 1e-7 nats of rounding each side), the exact one not
+    np.testing.assert_allclose(full.kld, exact.kld, atol=5e-6)
+    np.testing.assert_allclose(full.rkld, exact.rkld, atol=5e-6)
     np.testing.assert_allclose(full.nll_fp, exact.nll_fp, atol=1e-5)
     assert np.array_equal(full.same, exact.same) and np.array_equal(full.kinds, exact.kinds)
     ref16 = reference(model, tok, windows, 16)
