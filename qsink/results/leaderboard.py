@@ -78,6 +78,22 @@ def leaderboard(records: list[dict], sort: str = "ppl") -> pd.DataFrame:
     return df
 
 
+def kind_table(records: list[dict]) -> pd.DataFrame:
+    """One row per quantized cell with agreement statistics: n and mean KLD per kind of position."""
+    rows = []
+    for r in records:
+        a = r.get("metrics", {}).get("agreement") if r.get("status") == "ok" else None
+        if not isinstance(a, dict):
+            continue
+        row = {"model": r["config"]["model"]["name"], "scheme": r["identity"]["scheme"],
+               "handling": r["identity"].get("handling", "none")}
+        for kind, v in a["by_kind"].items():
+            row[f"KLD {kind}"] = v["kld_mean"]
+            row[f"n {kind}"] = v["n"]
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(["model", "scheme", "handling"]) if rows else pd.DataFrame()
+
+
 def group_summary(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Per group: cell count and the mean / worst of Δppl %, mean Δacc per task, mean SQNR (ok cells)."""
     ok = df[df["status"] == "ok"]

@@ -9,7 +9,7 @@ import pandas as pd
 
 from qsink.files import atomic_write_text
 from qsink.results.markdown import fmt, frame_table
-from qsink.results.leaderboard import MIN_MODELS_FOR_RHO, correlations, leaderboard, task_short
+from qsink.results.leaderboard import MIN_MODELS_FOR_RHO, correlations, kind_table, leaderboard, task_short
 from qsink.results.plots import plot_delta_vs_spike, plot_heatmap, plot_kld_by_kind, plot_kld_distribution
 
 
@@ -58,22 +58,6 @@ def analyses_section(profiles: list[dict], plots_dir: Path, stem: str) -> list[s
             figs.append(plot_gradient_sinks(prof, plots_dir / f"{stem}-{name}-gradients.png", name))
         lines += [f"![{p.stem}]({p.name})" for p in figs if p]
     return (["", "## Seed-paper analyses"] + lines) if lines else []
-
-
-def kind_table(records: list[dict]) -> pd.DataFrame:
-    """One row per quantized cell with agreement statistics: n and mean KLD per kind of position."""
-    rows = []
-    for r in records:
-        a = r.get("metrics", {}).get("agreement") if r.get("status") == "ok" else None
-        if not isinstance(a, dict):
-            continue
-        row = {"model": r["config"]["model"]["name"], "scheme": r["identity"]["scheme"],
-               "handling": r["identity"].get("handling", "none")}
-        for kind, v in a["by_kind"].items():
-            row[f"KLD {kind}"] = v["kld_mean"]
-            row[f"n {kind}"] = v["n"]
-        rows.append(row)
-    return pd.DataFrame(rows).sort_values(["model", "scheme", "handling"]) if rows else pd.DataFrame()
 
 
 def build_report(records: list[dict], out: Path, title: str = "qsink report", command: str | None = None,

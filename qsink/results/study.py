@@ -27,7 +27,7 @@ from qsink.files import atomic_write_text
 from qsink.errors import QsinkError
 from qsink.validate import check_file_target
 from qsink.results.markdown import fmt, table
-from qsink.results.leaderboard import correlations, leaderboard
+from qsink.results.leaderboard import correlations, kind_table, leaderboard
 from qsink.records.record import PROFILE_FIELDS
 from qsink.plotting import MARKERS, plt, save_figure
 from qsink.results.plots import plot_delta_vs_spike, plot_heatmap
@@ -252,6 +252,25 @@ def agreement_table(df: pd.DataFrame) -> str:
     return table(rows)
 
 
+KIND_SCHEMES = HEADLINE_SCHEMES  # the outlier-sensitive schemes: their damage is split by kind of position
+
+
+def agreement_kinds_table(records: list[dict]) -> str:
+    """Mean KLD by kind of position (massive activation, sink, delimiter, other; n = positions) for the
+    outlier-sensitive schemes, every handling method."""
+    k = kind_table(records)
+    if k.empty:
+        return "_(no agreement statistics in these records)_"
+    k = k[k["scheme"].isin(KIND_SCHEMES)]
+    rows = []
+    for _, r in k.iterrows():
+        row = {"model": r["model"], "scheme": r["scheme"], "handling": r["handling"]}
+        for kind in ("massive", "sink", "delimiter", "other"):
+            row[f"KLD {kind} (n)"] = f"{fmt(r[f'KLD {kind}'], '{:.4f}')} ({int(r[f'n {kind}'])})"
+        rows.append(row)
+    return table(rows)
+
+
 def _group_means(df: pd.DataFrame) -> pd.DataFrame:
     """Cells averaged over seeds, with the group as the model name (for the heatmap)."""
     ok = _ok(df)
@@ -342,6 +361,7 @@ def build_study(records: list[dict], baseline: str, reference_data: str | None =
         "spearman-linear": spearman_table(df, data, "linear"),
         "headline": headline_table(df),
         "agreement": agreement_table(df),
+        "agreement-kinds": agreement_kinds_table(records),
     }
     none = "_(no records on a second text)_"
     blocks.update({"handling-reference": none, "reference-cells": none})
