@@ -16,7 +16,7 @@ from qsink.evaluate import agreement as ag
 from qsink.evaluate.agreement import Agreement, Reference, ReferenceBuilder
 from qsink.evaluate.perplexity import perplexity
 from qsink.quant import get_scheme, quantize_
-from tests.conftest import SAMPLE_TEXT, make_tokenizer, planted_spike_model, tiny_llama
+from tests.conftest import SAMPLE_TEXT, family_windows, make_tokenizer, planted_spike_model, tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +25,18 @@ def tok():
 
 
 @pytest.fixture(scope="module")
-def windows(tok):
-    return make_windows(tok, Text("s", SAMPLE_TEXT, "0"), ctx=32, max_tokens=6 * 31)
+def data(tok):
+    return family_windows(tok)
 
 
 @pytest.fixture(scope="module")
-def calib(tok):
-    return make_windows(tok, Text("c", SAMPLE_TEXT[::-1], "0"), ctx=32, max_tokens=3 * 31)
+def windows(data):
+    return data[0]
+
+
+@pytest.fixture(scope="module")
+def calib(data):
+    return data[1]
 
 
 def reference(model, tok, windows, k):
