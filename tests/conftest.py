@@ -233,6 +233,65 @@ def randomize_norms(model, center: float, std: float = 0.5):
     return model
 
 
+FAMILY_WIDTH, FAMILY_FFN, FAMILY_HEADS = 48, 96, 4  # the tiny family models' widths, no powers of two
+OLMO2_HEADS = 2
+
+
+def tiny_phi3(tok, layers: int = 2, seed: int = 0, kv_heads: int = 2):
+    """A seeded random Phi-3 (fused qkv_proj / gate_up_proj) with random norm scales; ``kv_heads`` below
+    FAMILY_HEADS is GQA, ``kv_heads=FAMILY_HEADS`` is without GQA, so v -> o folds into the v rows of qkv_proj."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Phi3Config(vocab_size=len(tok), hidden_size=FAMILY_WIDTH, intermediate_size=FAMILY_FFN,
+                     num_hidden_layers=layers, num_attention_heads=FAMILY_HEADS, num_key_value_heads=kv_heads,
+                     max_position_embeddings=64, original_max_position_embeddings=64, sliding_window=None,
+                     bos_token_id=tok.bos_token_id, pad_token_id=0, eos_token_id=1, tie_word_embeddings=False)
+    return randomize_norms(Phi3ForCausalLM(cfg).eval(), center=1.0)
+
+
+def tiny_gpt2(tok, layers: int = 2, seed: int = 0, random_positions: bool = True):
+    """A seeded random GPT-2 with random LayerNorm weights and biases; ``random_positions``: wpe ~ N(0, 0.5),
+    positions that matter for h_0."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=FAMILY_WIDTH, n_inner=FAMILY_FFN, n_layer=layers,
+                     n_head=FAMILY_HEADS, n_positions=64, bos_token_id=tok.bos_token_id, eos_token_id=1, pad_token_id=0)
+    model = GPT2LMHeadModel(cfg).eval()
+    if random_positions:
+        with torch.no_grad():
+            model.transformer.wpe.weight.normal_(0, 0.5)
+    return randomize_norms(model, center=1.0)
+
+
+def tiny_opt(tok, layers: int = 2, seed: int = 0, prenorm: bool = True, random_positions: bool = True):
+    """A seeded random OPT with random LayerNorm weights and biases; ``prenorm=False`` is OPT-350m's post-norm
+    layout; ``random_positions``: embed_positions ~ N(0, 0.5)."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = OPTConfig(vocab_size=len(tok), hidden_size=FAMILY_WIDTH, ffn_dim=FAMILY_FFN, num_hidden_layers=layers,
+                    num_attention_heads=FAMILY_HEADS, word_embed_proj_dim=FAMILY_WIDTH, max_position_embeddings=64,
+                    do_layer_norm_before=prenorm, bos_token_id=tok.bos_token_id, eos_token_id=1, pad_token_id=2)
+    model = OPTForCausalLM(cfg).eval()
+    if random_positions:
+        with torch.no_grad():
+            model.model.decoder.embed_positions.weight.normal_(0, 0.5)
+    return randomize_norms(model, center=1.0)
+
+
+def tiny_olmo2(tok, layers: int = 2, seed: int = 0):
+    """A seeded random OLMo-2 (norms after attention and the FFN, nothing in front of q/k/v)."""
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Olmo2Config(vocab_size=len(tok), hidden_size=FAMILY_WIDTH, intermediate_size=FAMILY_FFN,
+                      num_hidden_layers=layers, num_attention_heads=OLMO2_HEADS, num_key_value_heads=1,
+                      max_position_embeddings=64, bos_token_id=tok.bos_token_id, pad_token_id=0, eos_token_id=1)
+    return randomize_norms(Olmo2ForCausalLM(cfg).eval(), center=1.0)
+
+
 def n_linear_modules(block) -> int:
     """nn.Linear and transformers' Conv1D modules in a block, counted directly."""
     from transformers.pytorch_utils import Conv1D

@@ -18,24 +18,12 @@ import torch
 from qsink.measure.collect import profile
 from qsink.models.adapter import adapter_for
 from qsink.quant import get_scheme, quantize_
-from tests.conftest import (assert_profile_matches, function_kept_rel, handling_names, logits_of, n_linear_modules,
-                            randomize_norms, residual_states, uniform_bos_alpha)
+from tests.conftest import (FAMILY_HEADS, FAMILY_WIDTH, assert_profile_matches, function_kept_rel, handling_names,
+                            logits_of, n_linear_modules, residual_states, tiny_gpt2, uniform_bos_alpha)
 from tests.models.conftest import int_fake_per_group
 
-D, FFN, HEADS = 48, 96, 4
+D, HEADS = FAMILY_WIDTH, FAMILY_HEADS  # 48, 4
 HEAD_DIM = D // HEADS
-
-
-def tiny_gpt2(tok, layers: int = 2, seed: int = 0):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=len(tok), n_embd=D, n_inner=FFN, n_layer=layers, n_head=HEADS, n_positions=64,
-                     bos_token_id=tok.bos_token_id, eos_token_id=1, pad_token_id=0)
-    model = GPT2LMHeadModel(cfg).eval()
-    with torch.no_grad():
-        model.transformer.wpe.weight.normal_(0, 0.5)  # positions that matter for h_0
-    return randomize_norms(model, center=1.0)
 
 
 def test_adapter_finds_the_conv1d_layers(tok):

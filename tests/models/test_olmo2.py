@@ -16,21 +16,10 @@ from qsink.measure.collect import profile
 from qsink.measure.gradients import gradient_norms
 from qsink.models.adapter import adapter_for
 from tests.conftest import (assert_profile_matches, assert_refused_untouched, function_kept_rel, handling_names,
-                            n_linear_modules, randomize_norms, residual_states, uniform_bos_alpha)
+                            n_linear_modules, residual_states, tiny_olmo2, uniform_bos_alpha)
 
-D, FFN, HEADS = 48, 96, 2
 REFUSED = {"smoothquant": "no norm in front of q/k/v", "awq": "no norm in front of q/k/v",
            "awq+gptq": "no norm in front of q/k/v"}
-
-
-def tiny_olmo2(tok, layers: int = 2, seed: int = 0):
-    from transformers import Olmo2Config, Olmo2ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Olmo2Config(vocab_size=len(tok), hidden_size=D, intermediate_size=FFN, num_hidden_layers=layers,
-                      num_attention_heads=HEADS, num_key_value_heads=1, max_position_embeddings=64,
-                      bos_token_id=tok.bos_token_id, pad_token_id=0, eos_token_id=1)
-    return randomize_norms(Olmo2ForCausalLM(cfg).eval(), center=1.0)
 
 
 def test_adapter_layout(tok):

@@ -17,22 +17,7 @@ from qsink.measure.collect import profile
 from qsink.errors import QsinkError
 from qsink.models.adapter import adapter_for
 from tests.conftest import (assert_profile_matches, assert_refused_untouched, function_kept_rel, handling_names,
-                            n_linear_modules, randomize_norms, residual_states, uniform_bos_alpha)
-
-D, FFN, HEADS = 48, 96, 4
-
-
-def tiny_opt(tok, layers: int = 2, seed: int = 0, prenorm: bool = True):
-    from transformers import OPTConfig, OPTForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = OPTConfig(vocab_size=len(tok), hidden_size=D, ffn_dim=FFN, num_hidden_layers=layers, num_attention_heads=HEADS,
-                    word_embed_proj_dim=D, max_position_embeddings=64, do_layer_norm_before=prenorm,
-                    bos_token_id=tok.bos_token_id, eos_token_id=1, pad_token_id=2)
-    model = OPTForCausalLM(cfg).eval()
-    with torch.no_grad():
-        model.model.decoder.embed_positions.weight.normal_(0, 0.5)
-    return randomize_norms(model, center=1.0)
+                            n_linear_modules, residual_states, tiny_opt, uniform_bos_alpha)
 
 
 def test_adapter_layout(tok):

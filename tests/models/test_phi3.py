@@ -15,24 +15,14 @@ from qsink.measure.collect import profile
 from qsink.measure.gradients import gradient_norms
 from qsink.models.adapter import adapter_for
 from qsink.quant import get_scheme, quantize_
-from tests.conftest import (assert_profile_matches, function_kept_rel, handling_names, n_linear_modules,
-                            randomize_norms, residual_states, uniform_bos_alpha)
+from tests.conftest import (FAMILY_FFN, FAMILY_HEADS, FAMILY_WIDTH, assert_profile_matches, function_kept_rel,
+                            handling_names, n_linear_modules, residual_states, tiny_phi3, uniform_bos_alpha)
 from tests.models.conftest import int_fake_per_group
 
-D, FFN, HEADS, KV_HEADS = 48, 96, 4, 2
+D, FFN, HEADS = FAMILY_WIDTH, FAMILY_FFN, FAMILY_HEADS  # 48, 96, 4
+KV_HEADS = 2  # tiny_phi3's default kv_heads (GQA)
 HEAD_DIM = D // HEADS  # 12
 Q, KV = HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM  # 48, 24
-
-
-def tiny_phi3(tok, layers: int = 2, seed: int = 0):
-    from transformers import Phi3Config, Phi3ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Phi3Config(vocab_size=len(tok), hidden_size=D, intermediate_size=FFN, num_hidden_layers=layers,
-                     num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=64,
-                     original_max_position_embeddings=64, sliding_window=None, bos_token_id=tok.bos_token_id,
-                     pad_token_id=0, eos_token_id=1, tie_word_embeddings=False)
-    return randomize_norms(Phi3ForCausalLM(cfg).eval(), center=1.0)
 
 
 def test_adapter_layout(tok):

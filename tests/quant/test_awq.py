@@ -27,12 +27,11 @@ from qsink.quant import check_combination, get_scheme, quantize_, set_mode
 from qsink.quant.handling.awq import AWQ, AWQGPTQ, awq_scale, clip_ratios, clip_weight, scaled_fake, search_scale
 from qsink.quant.qlinear import QLinear
 from qsink.quant.schemes import INT8_A, QuantFormat, Scheme, per_group
-from tests.conftest import (SAMPLE_TEXT, assert_refused_untouched, family_windows, function_kept_rel, make_tokenizer,
-                            randomize_norms, tiny_gemma3)
+from tests.conftest import (FAMILY_HEADS, SAMPLE_TEXT, assert_refused_untouched, family_windows, function_kept_rel,
+                            make_tokenizer, tiny_gemma3, tiny_gpt2, tiny_olmo2, tiny_opt, tiny_phi3)
 from tests.quant.conftest import logits
 
 W4G = QuantFormat("int", 4, False, per_group(128))  # w4a16's weight format
-D, FFN, HEADS = 48, 96, 4
 LOUD = 7  # the conftest model's planted loud residual channel (embedding column 7 x 30)
 
 
@@ -44,47 +43,6 @@ def bos_tok():
 @pytest.fixture(scope="module")
 def fam_data(bos_tok):
     return family_windows(bos_tok)
-
-
-def tiny_phi3(tok):
-    """Phi-3 without GQA, so v -> o folds into the v rows of the fused qkv_proj."""
-    from transformers import Phi3Config, Phi3ForCausalLM
-
-    torch.manual_seed(0)
-    cfg = Phi3Config(vocab_size=len(tok), hidden_size=D, intermediate_size=FFN, num_hidden_layers=2,
-                     num_attention_heads=HEADS, num_key_value_heads=HEADS, max_position_embeddings=64,
-                     original_max_position_embeddings=64, sliding_window=None, bos_token_id=tok.bos_token_id,
-                     pad_token_id=0, eos_token_id=1, tie_word_embeddings=False)
-    return randomize_norms(Phi3ForCausalLM(cfg).eval(), center=1.0)
-
-
-def tiny_gpt2(tok):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(tok), n_embd=D, n_inner=FFN, n_layer=2, n_head=HEADS, n_positions=64,
-                     bos_token_id=tok.bos_token_id, eos_token_id=1, pad_token_id=0)
-    return randomize_norms(GPT2LMHeadModel(cfg).eval(), center=1.0)
-
-
-def tiny_opt(tok):
-    from transformers import OPTConfig, OPTForCausalLM
-
-    torch.manual_seed(0)
-    cfg = OPTConfig(vocab_size=len(tok), hidden_size=D, ffn_dim=FFN, num_hidden_layers=2, num_attention_heads=HEADS,
-                    word_embed_proj_dim=D, max_position_embeddings=64, bos_token_id=tok.bos_token_id, eos_token_id=1,
-                    pad_token_id=2)
-    return randomize_norms(OPTForCausalLM(cfg).eval(), center=1.0)
-
-
-def tiny_olmo2(tok):
-    from transformers import Olmo2Config, Olmo2ForCausalLM
-
-    torch.manual_seed(0)
-    cfg = Olmo2Config(vocab_size=len(tok), hidden_size=D, intermediate_size=FFN, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                      bos_token_id=tok.bos_token_id, pad_token_id=0, eos_token_id=1)
-    return randomize_norms(Olmo2ForCausalLM(cfg).eval(), center=1.0)
 
 
 # --- 1. the fp function is kept ---------------------------------------------------------------------
@@ -112,7 +70,10 @@ def test_llama_keeps_the_function_and_scales_the_loud_channel_most(model, tok, w
 @pytest.mark.parametrize("family", ["gemma3", "phi3", "gpt2", "opt"])
 def test_every_folding_family_keeps_the_function(bos_tok, fam_data, family):
     windows, calib = fam_data
-    build = {"gemma3": tiny_gemma3, "phi3": tiny_phi3, "gpt2": tiny_gpt2, "opt": tiny_opt}[family]
+    build = {"gemma3": tiny_gemma3,
+             "phi3": lambda t: tiny_phi3(t, kv_heads=FAMILY_HEADS),  # without GQA, so v -> o folds into qkv_proj
+             "gpt2": lambda t: tiny_gpt2(t, random_positions=False),
+             "opt": lambda t: tiny_opt(t, random_positions=False)}[family]
     model = build(bos_tok)
     rel, report, q = function_kept_rel(model, "awq", windows, calib, bos_tok, scheme="w4a16")
     assert rel < 1e-4, rel
