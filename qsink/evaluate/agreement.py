@@ -92,9 +92,9 @@ def log_top_and_rest(logits: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor)
     """float64 log-probabilities of the tokens ``ids`` (n, k) and of the mass outside them (n,), from the
     logits and their logsumexp: ``x - lse``, and ``ln(1 - sum)`` of the top probabilities, floored at
     :data:`REST_FLOOR` (below it, ``1 - sum`` is fp32's rounding; :func:`_rest_term` gives such a bucket
-    no weight and uses the floor inside the logarithm). The fp
-    reference and every quantized cell compute them the same way, so identical logits give a KLD of
-    exactly 0; fp32's rounding of the logsumexp leaves about 1e-7 nats on each position."""
+    no weight and uses the floor inside the logarithm). The fp reference and every quantized cell
+    compute them the same way, so identical logits give a KLD of exactly 0; fp32's rounding of the
+    logsumexp leaves about 1e-7 nats on each position."""
     top = logits.gather(-1, ids).double() - lse.double()[:, None]
     return top, torch.log((1.0 - top.exp().sum(-1)).clamp_min(REST_FLOOR))
 
