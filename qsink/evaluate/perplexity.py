@@ -79,20 +79,24 @@ def base_hidden(model, input_ids: torch.Tensor) -> torch.Tensor:
     return model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
 
 
-def window_nll(model, input_ids: torch.Tensor) -> torch.Tensor:
+def window_nll(model, input_ids: torch.Tensor, on_chunk: Callable | None = None) -> torch.Tensor:
     """Summed NLL of each window's predictions of positions 1..T-1, shape (B,), float64.
 
     ``logsumexp - target logit`` in fp32 agrees with a float64 log-softmax to ~1e-8 here, while
     ``F.cross_entropy`` on the (B, V, T) layout drifted by ~1e-4 nats per token on SmolLM2.
+    ``on_chunk(row, logits, targets, nll, lse)`` sees each chunk of :func:`logit_chunks` on the way.
     """
     B, T = input_ids.shape
     targets = input_ids[:, 1:].reshape(-1)
-    parts = [_nll(logits, targets[i : i + logits.shape[0]]) for i, logits in logit_chunks(model, input_ids)]
+    parts = []
+    for i, logits in logit_chunks(model, input_ids):
+        t = targets[i : i + logits.shape[0]]
+        lse = torch.logsumexp(logits, dim=-1)
+        nll = lse - logits.gather(-1, t[:, None]).squeeze(-1)
+        parts.append(nll)
+        if on_chunk is not None:
+            on_chunk(i, logits, t, nll, lse)
     return torch.cat(parts).view(B, T - 1).double().sum(dim=1)
-
-
-def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return torch.logsumexp(logits, dim=-1) - logits.gather(-1, targets[..., None]).squeeze(-1)
 
 
 class Observer:
@@ -150,19 +154,14 @@ def perplexity(
 
 
 def _batch_nll(model, batch: torch.Tensor, row0: int, observers, data_name: str, first_window: int) -> float:
-    B, T = batch.shape
     for ob in observers:
         ob.begin_batch(row0, batch)
-    targets = batch[:, 1:].reshape(-1)
-    parts = []
-    for i, logits in logit_chunks(model, batch):
-        t = targets[i : i + logits.shape[0]]
-        lse = torch.logsumexp(logits, dim=-1)
-        nll = lse - logits.gather(-1, t[:, None]).squeeze(-1)
-        parts.append(nll)
+
+    def on_chunk(i, logits, t, nll, lse):
         for ob in observers:
             ob.chunk(row0 + i, logits, t, nll, lse)
-    nll = torch.cat(parts).view(B, T - 1).double().sum(dim=1)
+
+    nll = window_nll(model, batch, on_chunk if observers else None)
     bad = ~torch.isfinite(nll)
     if bad.any():
         w = first_window + int(bad.nonzero()[0])
