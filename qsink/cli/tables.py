@@ -95,13 +95,15 @@ def study_cmd(
 ) -> None:
     """A variants-vs-quantization study from its records: leaderboard CSV, plots, and the tables written into
     marked blocks of Markdown files (the prose around them is left as it is)."""
+    from qsink.measure.document import PROFILE_SCHEMA
     from qsink.records import RecordStore
     from qsink.results.study import write_study
 
     if not results.is_dir():
         raise QsinkError(f"{results} is not a directory of records; pass the sweep's records: directory")
-
-    info = write_study(RecordStore(results).load_all(), baseline, csv, plots, list(fill))
+    store = RecordStore(results)
+    info = write_study(store.load_all(), baseline, csv, plots, list(fill),
+                       profiles=store.load_all(schema=PROFILE_SCHEMA, required=("key", "summary", "layers")))
     stdout.print(f"{info['rows']} cells, {info['columns']} columns" + (f"; wrote {csv}" if csv else ""))
     for p in info["plots"]:
         stdout.print(f"plot: {p}")

@@ -5,7 +5,9 @@ Weights are stored row by row along the input dimension, as GGUF stores a linear
 
 * legacy types, blocks of 32: Q8_0 (a scale), Q4_0 / Q5_0 (a scale, codes around 8 / 16), Q4_1 /
   Q5_1 (a scale and a minimum). Encoded and decoded by the maintained ``gguf`` package
-  (``gguf.quants.quantize`` / ``dequantize``, llama.cpp's reference row quantizers).
+  (``gguf.quants.quantize`` / ``dequantize``, llama.cpp's reference row quantizers); with an
+  importance matrix, Q4_0 .. Q5_1 are encoded by qsink after llama.cpp's weighted search
+  (:func:`qsink.quant.gguf_kquants.encode_legacy_weighted`), as ``llama-quantize --imatrix`` does.
 * K-quants, super-blocks of 256 with quantized sub-block scales (and minimums): Q2_K, Q3_K, Q4_K,
   Q5_K, Q6_K. ``gguf`` decodes them but cannot encode them; :mod:`qsink.quant.gguf_kquants` is
   qsink's encoder after llama.cpp's reference search (``ggml-quants.c``), optionally weighted by an
@@ -78,9 +80,13 @@ def encode(w: np.ndarray, qtype: str, imatrix: np.ndarray | None = None) -> np.n
         from qsink.quant.gguf_kquants import encode_k
 
         return encode_k(w, qtype, imatrix)
+    from qsink.quant.gguf_kquants import LEGACY_WEIGHTED, encode_legacy_weighted
+
+    if imatrix is not None and qtype in LEGACY_WEIGHTED:
+        return encode_legacy_weighted(w, qtype, imatrix)  # llama.cpp's quantize_row_*_impl
     from gguf.quants import quantize
 
-    return quantize(w, _gguf_type(qtype))  # llama.cpp's reference quantizer; the imatrix is not used here
+    return quantize(w, _gguf_type(qtype))  # llama.cpp's reference quantizer (Q8_0 ignores an imatrix there too)
 
 
 def decode(data: np.ndarray, qtype: str) -> np.ndarray:

@@ -397,6 +397,75 @@ def encode_k(x: np.ndarray, qtype: str, weights: np.ndarray | None = None) -> np
     return out.reshape(rows, n // QK_K * type_size)
 
 
+LEGACY_WEIGHTED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1")  # llama.cpp's Q8_0 ignores an importance matrix
+QK = 32
+
+
+def encode_legacy_weighted(x: np.ndarray, qtype: str, weights: np.ndarray) -> np.ndarray:
+    """llama.cpp's legacy types with an importance matrix (``quantize_row_q{4,5}_{0,1}_impl``): per
+    block of 32, error weights ``qw * sqrt(sigma2 + x^2)`` with ``sigma2 = sum(x^2) / n`` over the
+    whole row; Q4_0 / Q5_0 fitted by ``make_qx_quants`` (codes -8..7 / -16..15 with the least-squares
+    scale of the best of 19 candidates), Q4_1 / Q5_1 by ``make_qkx3_quants`` (codes 0..15 / 0..31 with
+    a fitted scale and min <= 0). The codes are those of the fit (not re-rounded to the fp16 scale), as
+    in llama.cpp. Without weights llama.cpp uses the reference quantizers (``gguf.quants.quantize``).
+    x: float32 (rows, n), n % 32 == 0; weights: (n,). Returns the GGUF bytes (rows, n // 32 * size)."""
+    if qtype not in LEGACY_WEIGHTED:
+        raise ValueError(f"no weighted encoder for {qtype!r}; expected one of {', '.join(LEGACY_WEIGHTED)}")
+    x = np.asarray(x, dtype=F)
+    if x.ndim != 2 or x.shape[1] % QK:
+        raise ValueError(f"{qtype} needs a 2-D array whose rows are a multiple of {QK} long; got shape {x.shape}")
+    rows, n = x.shape
+    weights = np.asarray(weights, dtype=F)
+    if weights.shape != (n,):
+        raise ValueError(f"weights must have shape ({n},) (one per column); got {weights.shape}")
+    nb = n // QK
+    type_size = GGML_QUANT_SIZES[GGMLQuantizationType[qtype]][1]
+    out = np.empty((rows, nb, type_size), dtype=np.uint8)
+    per_chunk = max(1, _CHUNK * QK_K // n)
+    with np.errstate(all="ignore"):
+        for r0 in range(0, rows, per_chunk):
+            xr = x[r0 : r0 + per_chunk]
+            sigma2 = _seqsum(np.ascontiguousarray((xr * xr).T)) / F(n)  # per row, summed in element order
+            xb = xr.reshape(-1, QK).T  # (32, blocks): element index first
+            qw = np.tile(weights.reshape(nb, QK), (len(xr), 1)).T
+            w = qw * np.sqrt(np.repeat(sigma2, nb)[None] + xb * xb)
+            out[r0 : r0 + per_chunk] = _LEGACY_PACK[qtype](xb, w).reshape(len(xr), nb, type_size)
+    return out.reshape(rows, nb * type_size)
+
+
+def _pack_nibbles(L: Array) -> Array:
+    """(32, blocks) codes -> (blocks, 16) bytes: byte j holds element j (low) and j + 16 (high)."""
+    L = L.astype(np.uint8)
+    return ((L[:16] & 0xF) | (L[16:] & 0xF) << 4).T
+
+
+def _pack_qh(L: Array) -> Array:
+    """The fifth bits of (32, blocks) codes as Q5_0 / Q5_1's little-endian uint32 ``qh``: bit j is element j."""
+    bits = (L.astype(np.uint32) >> 4) & 1
+    qh = np.bitwise_or.reduce(bits << np.arange(32, dtype=np.uint32)[:, None], axis=0)
+    return qh.astype("<u4").view(np.uint8).reshape(-1, 4)
+
+
+def _legacy_sym(x: Array, w: Array, nmax: int, five: bool) -> Array:
+    d, L = _make_qx(x, nmax, w)
+    head = [_half_bytes(_fp16(d)[0])]
+    return np.concatenate([*head, *([_pack_qh(L)] if five else []), _pack_nibbles(L)], axis=1)
+
+
+def _legacy_affine(x: Array, w: Array, nmax: int, five: bool) -> Array:
+    d, the_min, L = _make_qkx(x, w, nmax, -0.9, 0.05, 36, False)
+    head = [_half_bytes(_fp16(d)[0]), _half_bytes(_fp16(-the_min)[0])]
+    return np.concatenate([*head, *([_pack_qh(L)] if five else []), _pack_nibbles(L)], axis=1)
+
+
+_LEGACY_PACK = {
+    "Q4_0": lambda x, w: _legacy_sym(x, w, 8, False),
+    "Q5_0": lambda x, w: _legacy_sym(x, w, 16, True),
+    "Q4_1": lambda x, w: _legacy_affine(x, w, 15, False),
+    "Q5_1": lambda x, w: _legacy_affine(x, w, 31, True),
+}
+
+
 def fake_k(x: np.ndarray, qtype: str, weights: np.ndarray | None = None) -> np.ndarray:
     """``dequantize(encode_k(x))`` as float32, same shape as x (decoded by ``gguf.quants.dequantize``)."""
     y = dequantize(encode_k(x, qtype, weights), GGMLQuantizationType[qtype])

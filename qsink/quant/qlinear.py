@@ -56,7 +56,7 @@ class QLinear(nn.Module):
         self.act_static = act_static
         self.weight_clip = 1.0
         self.act_clip = 1.0
-        self.weight_importance = None  # per input column (llama.cpp's imatrix), used by the GGUF K-quant search
+        self.weight_importance = None  # per input column (llama.cpp's imatrix), weighting the GGUF quantization search
         self.register_buffer("weight_fp", weight.detach().clone())
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.register_buffer("weight_q", self._quantize_weight())

@@ -271,6 +271,74 @@ def agreement_kinds_table(records: list[dict]) -> str:
     return table(rows)
 
 
+def gguf_table(records: list[dict]) -> str:
+    """Per model, llama.cpp file type and imatrix (its rule has a branch for one): the types llama.cpp's per-tensor
+    rule gave the block linears, how many fell back to another type (rows that do not split into blocks), and the bits per weight of those linears."""
+    rows, seen = [], set()
+    for r in records:
+        g = r.get("config", {}).get("quant", {}).get("gguf") if r.get("status") == "ok" else None
+        if not isinstance(g, dict):
+            continue
+        model = r["config"]["model"]["name"]
+        imatrix = r["identity"].get("handling") == "imatrix"  # llama.cpp's rule has an imatrix branch
+        if (model, g["ftype"], imatrix) in seen:  # the activation rounding does not change the types
+            continue
+        seen.add((model, g["ftype"], imatrix))
+        counts = sorted(g["type_counts"].items(), key=lambda kv: -kv[1])
+        rows.append({"model": model, "file type": g["ftype"], "imatrix": "yes" if imatrix else "no", "linears": len(g["types"]),
+                     "types chosen (count)": ", ".join(f"{t} ({n})" for t, n in counts),
+                     "fallbacks": len(g.get("fallbacks", {})), "bits / weight": f"{g['bits_per_weight']:.3f}"})
+    return table(rows) if rows else "_(no GGUF cells in these records)_"
+
+
+LINEAR_INPUTS = {  # which activation a linear reads, by the name's last part
+    "q_proj": "attention input (q, k, v)", "k_proj": "attention input (q, k, v)", "v_proj": "attention input (q, k, v)",
+    "o_proj": "attention output (o)", "gate_proj": "FFN input (gate, up)", "up_proj": "FFN input (gate, up)",
+    "down_proj": "FFN hidden (down)"}
+
+
+READS_RESIDUAL = ("attention input (q, k, v)", "FFN input (gate, up)")  # the normed residual stream, channel by channel
+
+
+def imatrix_table(records: list[dict], profiles: list[dict] | None = None) -> str:
+    """Per model and input a linear reads: the share of the importance matrix's mass (mean x^2 per input channel) in
+    its top-1 channel, median and max over the linears, the most frequent top-1 channel, and how many linears have
+    one of the residual spike channels of the model's profile as their top-1 (the attention and FFN inputs read the
+    residual stream through their norm)."""
+    spikes = {}
+    for d in profiles or []:
+        spikes.setdefault((d.get("model") or {}).get("name"), d.get("summary", {}).get("spike_channels", []))
+    rows, seen = [], set()
+    for r in records:
+        h = r.get("config", {}).get("quant", {}).get("handling") if r.get("status") == "ok" else None
+        if not isinstance(h, dict) or h.get("name") != "imatrix" or not h.get("per_linear"):
+            continue
+        model = r["config"]["model"]["name"]
+        if model in seen:  # the imatrix is the fp model's, the same for every scheme
+            continue
+        seen.add(model)
+        groups: dict[str, list[tuple[str, dict]]] = {}
+        for name, v in h["per_linear"].items():
+            groups.setdefault(LINEAR_INPUTS.get(name.rsplit(".", 1)[-1], "other"), []).append((name, v))
+        for inp in dict.fromkeys(LINEAR_INPUTS.values()):
+            items = groups.get(inp)
+            if not items:
+                continue
+            share = np.array([v["top1_share"] for _, v in items])
+            worst = items[int(share.argmax())][0]
+            channels = pd.Series([v["top1_channel"] for _, v in items]).value_counts()
+            spike = spikes.get(model, [])
+            on_spike = {c: int(channels.get(c, 0)) for c in spike}
+            rows.append({"model": model, "input": inp, "linears": len(items),
+                         "top-1 share median": f"{np.median(share):.3f}",
+                         "top-1 share max (linear)": f"{share.max():.3f} ({worst})",
+                         "commonest top-1 channel (linears)": f"{channels.index[0]} ({channels.iloc[0]})",
+                         "linears whose top-1 is a spike channel": (
+                             "- (reads no residual channels)" if inp not in READS_RESIDUAL else
+                             ", ".join(f"{c}: {n}" for c, n in on_spike.items()) or "- (no profile)")})
+    return table(rows) if rows else "_(no imatrix cells in these records)_"
+
+
 def _group_means(df: pd.DataFrame) -> pd.DataFrame:
     """Cells averaged over seeds, with the group as the model name (for the heatmap)."""
     ok = _ok(df)
@@ -338,7 +406,7 @@ def fill_blocks(text: str, blocks: dict[str, str], source: str = "") -> tuple[st
 
 
 def build_study(records: list[dict], baseline: str, reference_data: str | None = None,
-                plots_dir: Path | None = None) -> tuple[pd.DataFrame, dict[str, str], dict[str, Path]]:
+                plots_dir: Path | None = None, profiles: list[dict] | None = None) -> tuple[pd.DataFrame, dict[str, str], dict[str, Path]]:
     """The study's leaderboard, its Markdown blocks by name, and the plots written by name."""
     df = study_frame(records)
     if baseline not in set(df["group"]):
@@ -362,6 +430,8 @@ def build_study(records: list[dict], baseline: str, reference_data: str | None =
         "headline": headline_table(df),
         "agreement": agreement_table(df),
         "agreement-kinds": agreement_kinds_table(records),
+        "gguf-types": gguf_table(records),
+        "imatrix": imatrix_table(records, profiles),
     }
     none = "_(no records on a second text)_"
     blocks.update({"handling-reference": none, "reference-cells": none})
@@ -393,7 +463,7 @@ PLOTS = ("delta-vs-spike", "heatmap", "sinks-vs-spikes", "handling", "handling-r
 
 
 def write_study(records: list[dict], baseline: str, csv: Path | None, plots_dir: Path | None,
-                fill: list[Path]) -> dict:
+                fill: list[Path], profiles: list[dict] | None = None) -> dict:
     """Write the CSV and plots, then fill the marked blocks of each file in ``fill`` (plot blocks
     ``plot-NAME`` link the PNG relative to the file)."""
     for f in fill:
@@ -402,7 +472,7 @@ def write_study(records: list[dict], baseline: str, csv: Path | None, plots_dir:
                              "<!-- /qsink-study:headline --> where the tables go")
     if csv:
         check_file_target(csv, "--csv")
-    df, blocks, plots = build_study(records, baseline, plots_dir=plots_dir)
+    df, blocks, plots = build_study(records, baseline, plots_dir=plots_dir, profiles=profiles)
     if csv:
         Path(csv).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(csv, df.drop(columns=["group", "seed"]).to_csv(index=False))

@@ -193,3 +193,153 @@ def test_bad_arguments_are_refused():
         fake_k(np.zeros((2, 256), np.float32), "Q7_K")
     with pytest.raises(ValueError, match=r"weights must have shape \(512,\)"):
         encode_k(np.zeros((2, 512), np.float32), "Q6_K", np.ones(256, np.float32))
+
+
+# --- the legacy types with an importance matrix (llama.cpp's quantize_row_q{4,5}_{0,1}_impl) ----------------
+# A scalar, element-by-element transcription of the C, in float32, written for this test only: the vectorised
+# encoder must give the same bytes.
+
+f32 = np.float32
+
+
+def _ref_make_qx(x, nmax, w):  # make_qx_quants, rmse_type 1, with weights
+    amax, mx = f32(0), f32(0)
+    for v in x:
+        if abs(v) > amax:
+            amax, mx = abs(v), v
+    if amax < f32(1e-15):
+        return f32(0), [0] * len(x)
+
+    def fit(iscale):
+        L, slx, sl2 = [], f32(0), f32(0)
+        for v, wi in zip(x, w):
+            l = int(min(max(np.rint(f32(iscale * v)), -nmax), nmax - 1))
+            L.append(l + nmax)
+            slx = f32(slx + f32(f32(wi * v) * f32(l)))
+            sl2 = f32(sl2 + f32(f32(wi * f32(l)) * f32(l)))
+        return L, slx, sl2
+
+    L, slx, sl2 = fit(f32(-nmax) / mx)
+    scale = f32(slx / sl2) if sl2 else f32(0)
+    best = f32(scale * slx)
+    for s in range(-9, 10):
+        if s == 0:
+            continue
+        L2, slx, sl2 = fit(f32(-(f32(nmax) + f32(f32(0.1) * f32(s)))) / mx)
+        if sl2 > 0 and f32(slx * slx) > f32(best * sl2):
+            L, scale = L2, f32(slx / sl2)
+            best = f32(scale * slx)
+    return scale, L
+
+
+def _ref_make_qkx3(x, nmax, w):  # make_qkx3_quants(n, nmax, x, w, L, &the_min, Laux, -0.9, 0.05, 36, false)
+    mn, mx = x[0], x[0]
+    sum_w, sum_x = w[0], f32(w[0] * x[0])
+    for v, wi in zip(x[1:], w[1:]):
+        mn, mx = min(mn, v), max(mx, v)
+        sum_w, sum_x = f32(sum_w + wi), f32(sum_x + f32(wi * v))
+    mn = min(mn, f32(0))
+    if mx <= mn:
+        return f32(0), f32(-mn), [0] * len(x)
+    iscale = f32(f32(nmax) / f32(mx - mn))
+    scale = f32(f32(1) / iscale)
+
+    def codes(isc, m):
+        return [int(min(max(np.rint(f32(isc * f32(v - m))), 0), nmax)) for v in x]
+
+    def err(sc, m, L):
+        e = f32(0)
+        for v, wi, l in zip(x, w, L):
+            d = f32(f32(f32(sc * f32(l)) + m) - v)
+            e = f32(e + f32(wi * f32(d * d)))
+        return e
+
+    L = codes(iscale, mn)
+    best = err(scale, mn, L)
+    for s in range(37):
+        isc = f32(f32(f32(f32(-0.9) + f32(f32(0.05) * f32(s))) + f32(nmax)) / f32(mx - mn))
+        La = codes(isc, mn)
+        sl, sl2, sxl = f32(0), f32(0), f32(0)
+        for v, wi, l in zip(x, w, La):
+            sl = f32(sl + f32(wi * f32(l)))
+            sl2 = f32(sl2 + f32(f32(wi * f32(l)) * f32(l)))
+            sxl = f32(sxl + f32(f32(wi * f32(l)) * v))
+        D = f32(f32(sum_w * sl2) - f32(sl * sl))
+        if D > 0:
+            ts = f32(f32(f32(sum_w * sxl) - f32(sum_x * sl)) / D)
+            tm = f32(f32(f32(sl2 * sum_x) - f32(sl * sxl)) / D)
+            if tm > 0:
+                tm, ts = f32(0), f32(sxl / sl2)
+            e = err(ts, tm, La)
+            if e < best:
+                L, best, scale, mn = La, e, ts, tm
+    return scale, f32(-mn), L
+
+
+def _ref_legacy_row(x, qtype, qw):
+    """One row as quantize_row_*_impl writes it."""
+    s2 = f32(0)
+    for v in x:
+        s2 = f32(s2 + f32(v * v))
+    sigma2 = f32(s2 / f32(len(x)))
+    out = []
+    for b in range(0, len(x), 32):
+        xb = list(x[b : b + 32])
+        w = [f32(q * np.sqrt(f32(sigma2 + f32(v * v)))) for q, v in zip(qw[b : b + 32], xb)]
+        nmax = {"Q4_0": 8, "Q5_0": 16, "Q4_1": 15, "Q5_1": 31}[qtype]
+        if qtype.endswith("_0"):
+            d, L = _ref_make_qx(xb, nmax, w)
+            head = np.array([d], np.float16).view(np.uint8)
+        else:
+            d, the_min, L = _ref_make_qkx3(xb, nmax, w)
+            head = np.concatenate([np.array([d], np.float16).view(np.uint8), np.array([-the_min], np.float16).view(np.uint8)])
+        qs = [(L[j] & 0xF) | ((L[j + 16] & 0xF) << 4) for j in range(16)]
+        qh = sum(((L[j] >> 4) & 1) << j for j in range(32))
+        five = np.array([qh], "<u4").view(np.uint8) if qtype.startswith("Q5") else np.zeros(0, np.uint8)
+        out.append(np.concatenate([head, five, np.array(qs, np.uint8)]))
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q5_1"])
+def test_legacy_types_with_an_imatrix_match_a_scalar_transcription(qtype):
+    """Bytes equal to an element-by-element float32 transcription of llama.cpp's weighted legacy search, on
+    rows with a loud column, an all-zero block, a constant block and an all-positive block; gguf decodes them."""
+    from qsink.quant.gguf_kquants import encode_legacy_weighted
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 128)).astype(np.float32)
+    x[:, 3] *= 30
+    x[1, 32:64] = 0
+    x[1, 64:96] = 0.25
+    x[2, :32] = np.abs(x[2, :32]) + 0.5
+    qw = rng.uniform(0.01, 2, 128).astype(np.float32)
+    qw[3] = 500
+    got = encode_legacy_weighted(x, qtype, qw)
+    want = np.stack([_ref_legacy_row(row, qtype, qw) for row in x])
+    assert got.shape == want.shape == (3, 4 * GGML_SIZE[qtype])
+    assert (got == want).all()
+    y = dequantize(got, gguf.GGMLQuantizationType[qtype]).reshape(x.shape)
+    assert (y[1, 32:64] == 0).all()
+    plain = dequantize(gguf.quants.quantize(x, gguf.GGMLQuantizationType[qtype]), gguf.GGMLQuantizationType[qtype])
+    plain = plain.reshape(x.shape)
+    # the weighted search trades error: the heavily weighted column comes out closer than the reference's
+    assert np.abs(y[:, 3] - x[:, 3]).sum() < np.abs(plain[:, 3] - x[:, 3]).sum()
+
+
+GGML_SIZE = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24}  # bytes per block of 32, ggml-common.h
+
+
+def test_imatrix_reaches_legacy_types_through_the_scheme():
+    """fake_weight with an imatrix on a Q5_0 row differs from the unweighted encoding and lowers the weighted error."""
+    import torch
+
+    from qsink.quant.gguf_formats import fake_weight
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 576, generator=g)
+    im = torch.rand(576, generator=g) + 0.01
+    im[100] = 1000.0
+    a, b = fake_weight(w, "Q5_0"), fake_weight(w, "Q5_0", im)
+    assert not torch.equal(a, b)
+    assert ((b - w) ** 2 * im).sum() < ((a - w) ** 2 * im).sum()
+    assert torch.equal(fake_weight(w, "Q8_0", im), fake_weight(w, "Q8_0"))  # Q8_0 has no search to weight

@@ -141,3 +141,33 @@ def test_records_without_a_profile_make_a_study_with_blank_statistics(tmp_path, 
     assert "+5.00 [+4.00, +6.00]" in base  # the Δppl numbers are there ...
     head = next(l for l in blocks["headline"].splitlines() if l.startswith("| bb-base |"))
     assert head.split("|")[4].strip() == "-"  # ... and the spike is blank, not made up
+
+
+def test_gguf_and_imatrix_blocks_from_planted_records():
+    """The GGUF block lists each (model, file type) once with the rule's type counts; the imatrix block groups the
+    linears by the input they read and names the residual spike channels of the model's profile."""
+    recs = planted_records()
+    types = {"0.self_attn.q_proj": "Q5_0", "0.self_attn.v_proj": "Q8_0", "0.mlp.down_proj": "Q6_K", "1.mlp.down_proj": "Q4_K"}
+    per_linear = {"0.self_attn.q_proj": (7, 0.9), "0.self_attn.v_proj": (7, 0.5), "1.self_attn.q_proj": (3, 0.1),
+                  "0.mlp.down_proj": (11, 0.2)}
+    for handling in ("none", "imatrix", "none"):  # the repeated cell is listed once
+        r = _record("ref", "text:test", "gguf-q4_k_m", handling, 11.0, PROFILES[("ref", None)], 50)
+        r["config"]["quant"] = {"gguf": {"ftype": "Q4_K_M", "types": types, "bits_per_weight": 5.25,
+                                         "type_counts": {"Q5_0": 1, "Q8_0": 1, "Q6_K": 1, "Q4_K": 1},
+                                         "fallbacks": {"0.self_attn.q_proj": "rows of 576 ..."}},
+                                "handling": {"name": handling} if handling == "none" else {
+                                    "name": "imatrix", "per_linear": {k: {"top1_channel": c, "top1_share": s}
+                                                                      for k, (c, s) in per_linear.items()}}}
+        recs.append(r)
+    profile = {"schema": "qsink.profile/1", "model": {"name": "ref"}, "summary": {"spike_channels": [7, 9]}}
+    _, blocks, _ = build_study(recs, "bb-base", profiles=[profile])
+    rows = [l for l in blocks["gguf-types"].splitlines() if l.startswith("| ref |")]
+    assert rows == ["| ref | Q4_K_M | no | 4 | Q5_0 (1), Q8_0 (1), Q6_K (1), Q4_K (1) | 1 | 5.250 |",
+                    "| ref | Q4_K_M | yes | 4 | Q5_0 (1), Q8_0 (1), Q6_K (1), Q4_K (1) | 1 | 5.250 |"]
+    im = {l.split(" | ")[1]: l for l in blocks["imatrix"].splitlines() if l.startswith("| ref |")}
+    assert set(im) == {"attention input (q, k, v)", "FFN hidden (down)"}
+    attn = im["attention input (q, k, v)"]
+    assert "| 3 | 0.500 | 0.900 (0.self_attn.q_proj) | 7 (2) | 7: 2, 9: 0 |" in attn  # median of 0.9, 0.5, 0.1
+    assert "| 1 | 0.200 | 0.200 (0.mlp.down_proj) | 11 (1) | - (reads no residual channels) |" in im["FFN hidden (down)"]
+    none = build_study(planted_records(), "bb-base")[1]
+    assert none["gguf-types"].startswith("_(no GGUF") and none["imatrix"].startswith("_(no imatrix")

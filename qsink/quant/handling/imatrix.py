@@ -10,9 +10,9 @@ linear, after any input transform) and re-encodes each weight with it.
 A model with massive activations has an importance matrix dominated by its spike channels: the
 report gives, per linear, the share of the matrix's mass in its largest column and that column.
 
-Limits: qsink's legacy-type encoders are ``gguf``'s reference quantizers, which take no weights, so
-the matrix changes only the K-quant tensors here (llama.cpp also weights its Q4_0 / Q5_0 / ...
-search when given a matrix); the type rule's imatrix branch is applied.
+As in llama.cpp, the matrix weights the search of every K-quant and of Q4_0, Q4_1, Q5_0 and Q5_1
+(``quantize_row_*_impl``); Q8_0 has no search and ignores it. The type rule's imatrix branch is
+applied.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from qsink.models.adapter import text_config
 @register
 class IMatrix(Handler):
     name = "imatrix"
-    description = "llama.cpp's importance matrix (mean x^2 per input column) in the GGUF K-quant search; GGUF schemes"
+    description = "llama.cpp's importance matrix (mean x^2 per input column) in the GGUF quantization search; GGUF schemes"
     needs_calibration = True
 
     def __init__(self):
@@ -57,6 +57,7 @@ class IMatrix(Handler):
     @torch.no_grad()
     def after_calibration(self, qlinears: dict) -> None:
         from qsink.quant.gguf_formats import K_QUANTS
+        from qsink.quant.gguf_kquants import LEGACY_WEIGHTED
 
         for name, q in qlinears.items():
             if q.sumsq is None or q.weight_fmt is None or q.sumsq_rows == 0:
@@ -67,7 +68,7 @@ class IMatrix(Handler):
                 layer, lname = name.split(".", 1)
                 fmt = self.scheme.weight_format_for(lname, int(layer), self.n_layers, q.in_features, self.n_gqa,
                                                     has_imatrix=True)
-            used = fmt.dtype == "gguf" and fmt.gguf_type in K_QUANTS
+            used = fmt.dtype == "gguf" and fmt.gguf_type in K_QUANTS + LEGACY_WEIGHTED
             q.set_weight_format(fmt, imat if used else None)
             total = float(imat.sum())
             top = int(imat.argmax())
