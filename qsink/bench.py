@@ -139,6 +139,38 @@ def bench_quant(model, tok, text, calib_text, cells=(("w8a8", "none"), ("w4a4", 
     }
 
 
+def bench_dtype(model, tok, text, calib_text, cells=(("fp", "none"), ("w8a8", "none"), ("w4a16", "none")),
+                dtype: str = "bf16", windows_n: int = 8, ctx: int = 512, batch_size: int = 4, log=print) -> dict:
+    """What computing in ``dtype`` instead of fp32 does to each cell: the same cell in fp32 and in ``dtype`` on the
+    same windows, each with its perplexity and its KL divergence against the fp32 fp model (top-K reference), and
+    the wall time of each evaluation (``qsink bench dtype``)."""
+    from qsink.validate import DTYPES
+
+    windows = make_windows(tok, text, ctx, max_tokens=tokens_for(tok, windows_n, ctx))
+    reference = _bench_reference(model, tok, windows, batch_size, log)["ref"]
+    low = copy.deepcopy(model).to(getattr(torch, DTYPES[dtype]))
+    rows = []
+    for scheme, handling in cells:
+        row = {"cell": scheme if handling == "none" else f"{scheme}+{handling}"}
+        for name, base in (("fp32", model), (dtype, low)):
+            settings = EvalSettings(ctx=ctx, dtype=name if name != "fp32" else "fp32")
+            m = base if scheme == "fp" else copy.deepcopy(base)
+            quantize_for(m, tok, Cell(scheme, handling), settings, calibration_for(tok, settings, calib_text), sqnr=False)
+            agree = Agreement(windows.n_scored, reference=reference)
+            res = perplexity(m, tok, windows, batch_size, observers=[agree])
+            summary = agree.summary()
+            row[name] = {"ppl": res.ppl, "kld_vs_fp32_fp": summary["kld"]["mean"], "same_top_vs_fp32_fp": summary["same_top"]["p"],
+                         "wall_s": res.wall_s}
+            log(f"  {row['cell']} in {name}: ppl {res.ppl:.4f}, KLD vs the fp32 fp model {summary['kld']['mean']:.5f}, "
+                f"{res.wall_s:.1f} s")
+        row["ppl_drift_pct"] = 100 * (row[dtype]["ppl"] / row["fp32"]["ppl"] - 1)
+        row["wall_ratio"] = row[dtype]["wall_s"] / row["fp32"]["wall_s"]
+        rows.append(row)
+    return {"benchmark": "dtype_drift", "dtype": dtype, "windows": windows.n_windows, "ctx": ctx, "batch_size": batch_size,
+            "cells": rows, "machine": machine(), "env": env_info(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
 def _bench_reference(model, tok, windows, batch_size: int, log) -> dict:
     """The fp reference of the KL divergence, built by an fp pass as ``qsink evaluate``'s fp cell does;
     its size on disk and what building it added to that pass."""
@@ -275,6 +307,72 @@ def bench_train(recipe, steps: int = 20, log=print) -> dict:
         "matmul_peak_gflops": peak, "mfu": qsink_tps * flops_per_token / (peak * 1e9),
         "machine": machine(), "env": env_info(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+MATRIX_SCHEMES = ("w8a8", "w8a8-static", "w4a16", "w4a8", "w4a4", "mxfp4", "nvfp4", "nf4")
+MATRIX_HANDLING = ("none", "smoothquant", "hadamard", "token-keep")
+
+
+def bench_matrix(model: str, schemes=MATRIX_SCHEMES, handling=MATRIX_HANDLING, max_tokens: int = 4096,
+                 settings: EvalSettings | None = None, log=print, progress_factory=None) -> dict:
+    """``qsink bench matrix``: the evaluation matrix of one model as ``qsink evaluate`` runs it (fresh records in a
+    temporary directory, so every cell runs), and, in the same run, a plain forward of each cell's model over the
+    same windows. The floor is the sum of those forwards; the matrix wall time excludes them. Per cell: copy,
+    handling, weight encoding, calibration, SQNR, evaluation and writing, from the records."""
+    from qsink.data.resolve import resolve_data
+    from qsink.evaluate.plan import plan_cells
+    from qsink.evaluate.runner import run_cells
+    from qsink.models import resolve
+    from qsink.quant.calibration import run_windows
+    from qsink.records import RecordStore
+
+    settings = settings or EvalSettings(max_tokens=max_tokens)
+    cells, dropped = plan_cells(list(schemes), list(handling), settings.backend)
+    for reason in dropped:
+        log(f"skipping {reason}")
+    res = resolve(model)
+    text = resolve_data("austen:test", None, log=log)
+    calib_text = resolve_data(settings.calib_data, None, log=log)
+    floor: dict[str, float] = {}
+    inside = [0.0]  # time spent in the callbacks: part of the run, not of the matrix
+
+    @torch.inference_mode()
+    def plain_forward(cell, m, windows):
+        t_in = time.perf_counter()
+        device = next(m.parameters()).device
+        m(input_ids=windows.input_ids[:1].to(device), use_cache=False)  # warm-up: first-call allocations
+        t0 = time.perf_counter()
+        run_windows(m, windows, settings.batch_size)
+        floor[cell.label] = time.perf_counter() - t0
+        inside[0] += time.perf_counter() - t_in
+
+    with tempfile.TemporaryDirectory(prefix="qsink-bench-matrix-") as tmp:
+        t0 = time.perf_counter()
+        outcomes = run_cells([res], cells, text, settings, RecordStore(tmp), calib_text=calib_text, log=log,
+                             progress_factory=progress_factory, on_model=plain_forward)
+        total = time.perf_counter() - t0
+        from qsink.measure.document import PROFILE_SCHEMA
+
+        profiles = RecordStore(tmp).load_all(schema=PROFILE_SCHEMA, required=("key",))
+    profile_s = sum(float(d.get("timing", {}).get("wall_s", 0.0)) for d in profiles)
+    floor_total = sum(floor.values())
+    matrix_s = total - inside[0]
+    rows = []
+    for o in outcomes:
+        r = o.record
+        q = r["config"].get("quant") or {}
+        qt = q.get("timing", {})
+        rows.append({"cell": o.cell.label, "status": r["status"], "copy_s": r["timing"].get("copy_s", 0.0),
+                     "handling_s": qt.get("handling_s", 0.0), "encode_s": qt.get("encode_s", 0.0),
+                     "calibration_s": qt.get("calibration_s", 0.0), "calibration": qt.get("calibration", "none"),
+                     "sqnr_s": qt.get("sqnr_s", 0.0), "evaluation_s": r["timing"].get("wall_s", 0.0),
+                     "write_s": o.write_s, "plain_forward_s": floor.get(o.cell.label)})
+    return {"bench": "matrix", "model": res.name, "schemes": list(schemes), "handling": list(handling),
+            "cells": len(outcomes), "dropped": dropped, "settings": settings.to_dict(),
+            "matrix_s": matrix_s, "floor_s": floor_total, "ratio": matrix_s / floor_total if floor_total else None,
+            "unaccounted_s": matrix_s - sum(sum(v for k, v in row.items() if k.endswith("_s") and k != "plain_forward_s"
+                                                and isinstance(v, float)) for row in rows),
+            "per_cell": rows, "profile_s": profile_s, "machine": machine(), "env": env_info()}
 
 
 def peak_rss_mib() -> float:

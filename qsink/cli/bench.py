@@ -100,6 +100,78 @@ def bench_quant_cmd(
     stdout.print(f"wrote {out_file}")
 
 
+@bench_app.command("matrix")
+def bench_matrix_cmd(
+    model: str = typer.Argument("smollm2-135m"),
+    schemes: list[str] = typer.Option(["w8a8,w8a8-static,w4a16,w4a8,w4a4,mxfp4,nvfp4,nf4"], "--schemes",
+                                      help="Schemes of the matrix, comma-separated or repeated."),
+    handling: list[str] = typer.Option(["none,smoothquant,hadamard,token-keep"], "--handling",
+                                       help="Outlier-handling methods, comma-separated or repeated (the planner drops what makes no sense)."),
+    max_tokens: int = typer.Option(4096, "--max-tokens", help="Evaluation tokens per cell."),
+    ctx: int = typer.Option(512, "--ctx"),
+    batch_size: int = typer.Option(4, "--batch-size"),
+    sqnr: bool = typer.Option(False, "--sqnr/--no-sqnr", help="Include the per-linear SQNR pass in every cell."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 or bf16."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    out_file: Path = typer.Option(Path("results/bench/matrix.json"), "--out"),
+) -> None:
+    """The whole evaluation matrix of one model against its floor (a plain forward of each cell's model over the
+    same windows, timed in the same run; target matrix / floor <= 1.25), with each cell's time split."""
+    from qsink.bench import bench_matrix, write_json
+    from qsink.cli.common import progress_bars, windows_progress
+    from qsink.evaluate.settings import EvalSettings
+    from qsink.validate import split_names
+
+    _bench_check(out_file, device, max_tokens=max_tokens, ctx=ctx, batch_size=batch_size)
+    settings = EvalSettings(max_tokens=max_tokens, ctx=ctx, batch_size=batch_size, sqnr=sqnr, dtype=dtype, device=device)
+    with progress_bars() as progress:
+        doc = bench_matrix(model, split_names(schemes), split_names(handling), settings=settings, log=log,
+                           progress_factory=windows_progress(progress))
+    write_json(doc, out_file)
+    for row in doc["per_cell"]:
+        stdout.print(f"{row['cell']:28s} copy {row['copy_s']:5.2f}  handling {row['handling_s']:5.2f}  encode "
+                     f"{row['encode_s']:5.2f}  calibration {row['calibration_s']:5.2f} ({row['calibration']})  sqnr "
+                     f"{row['sqnr_s']:5.2f}  evaluation {row['evaluation_s']:6.2f}  write {row['write_s']:.3f}  "
+                     f"plain forward {row['plain_forward_s'] or 0:6.2f}", highlight=False)
+    stdout.print(f"{doc['cells']} cells: matrix {doc['matrix_s'] / 60:.2f} min, floor {doc['floor_s'] / 60:.2f} min, "
+                 f"matrix / floor = {doc['ratio']:.2f} (model load, windows, profile {doc['profile_s']:.1f} s and "
+                 f"references: {doc['unaccounted_s']:.1f} s); wrote {out_file}", highlight=False)
+
+
+@bench_app.command("dtype")
+def bench_dtype_cmd(
+    model: str = typer.Argument("smollm2-135m"),
+    cells: list[str] = typer.Option(["fp,w8a8,w8a8-static,w4a16,w4a4+hadamard,nvfp4,gguf-q4_k_m"], "--cells",
+                                    help="Cells to compare, SCHEME or SCHEME+HANDLING, comma-separated or repeated."),
+    dtype: str = typer.Option("bf16", "--dtype", help="The dtype set beside fp32: bf16 or fp16."),
+    windows: int = typer.Option(8, "--windows", "-n"),
+    ctx: int = typer.Option(512, "--ctx"),
+    batch_size: int = typer.Option(4, "--batch-size"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    out_file: Path = typer.Option(Path("results/bench/dtype.json"), "--out"),
+) -> None:
+    """Each cell computed in fp32 and in --dtype on the same windows: perplexity drift, KL divergence against the fp32
+    fp model, and the wall-time ratio (what --dtype bf16 costs in accuracy and buys in speed on this machine)."""
+    from qsink.bench import bench_dtype, bench_inputs, write_json
+    from qsink.data import load_corpus
+    from qsink.evaluate.plan import parse_cells
+    from qsink.validate import check_dtype
+
+    _bench_check(out_file, device, windows=windows, ctx=ctx, batch_size=batch_size)
+    check_dtype(dtype)
+    pairs = [("fp", "none") if s == "fp" else (s, h) for s, h in parse_cells(cells, allow_fp=True)]
+    m, tok, text = bench_inputs(model, device, log)
+    doc = bench_dtype(m, tok, text, load_corpus("austen", "train", log=log), cells=pairs, dtype=dtype, windows_n=windows,
+                      ctx=ctx, batch_size=batch_size, log=log)
+    doc["model"] = model
+    write_json(doc, out_file)
+    for r in doc["cells"]:
+        stdout.print(f"{r['cell']:20s} ppl fp32 {r['fp32']['ppl']:.4f}  {dtype} {r[dtype]['ppl']:.4f} "
+                     f"({r['ppl_drift_pct']:+.3f} %)  KLD vs fp32 fp: {r['fp32']['kld_vs_fp32_fp']:.5f} -> "
+                     f"{r[dtype]['kld_vs_fp32_fp']:.5f}  wall {dtype} / fp32 {r['wall_ratio']:.2f}", highlight=False)
+    stdout.print(f"wrote {out_file}")
+
+
 @bench_app.command("train")
 def bench_train_cmd(
     recipe: Path = typer.Argument(Path("recipes/variants/base.yaml")),

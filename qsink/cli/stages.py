@@ -39,6 +39,7 @@ def evaluate(
     include: List[str] = typer.Option(list(EVAL.include), "--include", help="Also quantize lm_head and/or embed (default: they stay in high precision)."),
     profile_samples: int = typer.Option(EVAL.profile_samples, "--profile-samples", help="Windows for each model's spike/sink profile, attached to its records (0 = none)."),
     kld_topk: int = typer.Option(EVAL.kld_topk, "--kld-topk", help="KL divergence against fp over the fp model's top-K tokens plus a rest bucket, from a stored reference (0 = exact over the whole vocabulary, the fp model runs beside every cell)."),
+    sqnr: bool = typer.Option(EVAL.sqnr, "--sqnr/--no-sqnr", help="Also measure each quantized linear's SQNR (one more pass over the calibration windows per cell)."),
     dtype: str = typer.Option(EVAL.dtype, "--dtype", help="fp32, bf16 or fp16."),
     device: str = typer.Option(EVAL.device, "--device", help=DEVICE_HELP),
     seed: int = typer.Option(EVAL.seed, "--seed"),
@@ -47,7 +48,7 @@ def evaluate(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow custom model code from a checkpoint directory."),
 ) -> None:
     """The matrix models x schemes x outlier handling (fp once per model): perplexity, downstream accuracy,
-    the model's spike profile and SQNR, one resumable JSON record per cell."""
+    the model's spike profile (and, with --sqnr, each linear's SQNR), one resumable JSON record per cell."""
     from qsink.evaluate.plan import load_eval_recipe, plan_matrix, with_recipe
     from qsink.evaluate.runner import run_matrix
     from qsink.records import RecordStore

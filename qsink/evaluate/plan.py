@@ -71,13 +71,17 @@ class Cell:
         return self.scheme if self.handling == "none" else f"{self.scheme}+{self.handling}"
 
 
-def parse_cells(labels) -> tuple[tuple[str, str], ...]:
+def parse_cells(labels, allow_fp: bool = False) -> tuple[tuple[str, str], ...]:
     """``["w8a8,w4a4+hadamard"]`` -> ``(("w8a8", "none"), ("w4a4", "hadamard"))``, each pair checked
-    (known scheme and handling, a compatible combination) before anything loads."""
+    (known scheme and handling, a compatible combination) before anything loads. ``fp`` is refused unless
+    ``allow_fp`` (a benchmark that compares each cell with itself rather than with fp)."""
     pairs = []
     for label in split_names(labels):
         scheme, _, handling = label.partition("+")
         handling = handling or "none"
+        if scheme == "fp" and allow_fp and handling == "none":
+            pairs.append(("fp", "none"))
+            continue
         if scheme == "fp":
             raise QsinkError(f"cell {label!r}: fp is the reference every cell is timed against; name quantized cells only")
         plan_cells([scheme], [handling])

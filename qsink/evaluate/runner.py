@@ -30,7 +30,7 @@ from qsink.evaluate.settings import EvalSettings
 from qsink.measure.workflow import MeasureOptions, measure_model
 from qsink.models import ResolvedModel, check_ctx, load, resolve
 from qsink.evaluate.plan import Cell
-from qsink.evaluate.quantized import calibration_for, quantize_for
+from qsink.evaluate.quantized import calibration_for, quantize_for, shared_calibration
 from qsink.quant import get_scheme
 from qsink.quant.apply import kept_token_fraction
 from qsink.records.record import PROFILE_FIELDS, cell_key, make_record
@@ -44,6 +44,7 @@ class CellOutcome:
     path: Path
     record: dict
     skipped: bool  # found an existing record
+    write_s: float = 0.0  # writing the record
 
 
 def identity(model_sha: str, cell: Cell, text: Text, s: EvalSettings, calib_sha: str | None) -> dict:
@@ -61,13 +62,19 @@ def identity(model_sha: str, cell: Cell, text: Text, s: EvalSettings, calib_sha:
     return ident
 
 
-def finished(store: RecordStore, ident: dict, log=None) -> tuple[Path, dict] | None:
+def finished(store: RecordStore, ident: dict, log=None, sqnr: bool = False) -> tuple[Path, dict] | None:
     """The cell's ok record if it holds everything this version computes; a quantized cell recorded
-    before the agreement metrics (KL divergence, same top) existed is not finished, and runs again."""
+    before the agreement metrics (KL divergence, same top) existed is not finished, and runs again, as
+    is one recorded without the per-linear SQNR when ``sqnr`` asks for it."""
     found = store.find_ok(cell_key(ident))
     if found and ident["scheme"] != "fp" and "kld_mean" not in found[1].get("metrics", {}):
         if log:
             log(f"{found[0].name} predates the agreement metrics (KL divergence, same top); running it again")
+        return None
+    if found and sqnr and ident["scheme"] != "fp" and ident.get("backend") == "fake" \
+            and not found[1].get("config", {}).get("quant", {}).get("sqnr_db"):
+        if log:
+            log(f"{found[0].name} has no per-linear SQNR and --sqnr asks for it; running it again")
         return None
     return found
 
@@ -98,7 +105,10 @@ def run_cells(
     log: Callable[[str], None] = print,
     progress_factory: Callable[[str, int], Callable[[int], None]] | None = None,
     on_cell: Callable[[CellOutcome], None] | None = None,
+    on_model: Callable[[Cell, object, object], None] | None = None,
 ) -> list[CellOutcome]:
+    """Evaluate ``cells`` on each model (see the module docstring). ``on_model(cell, model, windows)`` is
+    called with each cell's model once it is evaluated (``qsink bench matrix`` times a plain forward there)."""
     store.ensure_writable()
     resolved = [resolve(spec) for spec in model_specs]
     if any(c.scheme != "fp" for c in cells) and calib_text is None:
@@ -109,7 +119,7 @@ def run_cells(
         todo, fp_record = [], None
         for cell in cells:
             ident = identity(res.sha256, cell, text, settings, calib_sha)
-            found = None if settings.force else finished(store, ident, log)
+            found = None if settings.force else finished(store, ident, log, sqnr=settings.sqnr)
             if found:
                 outcomes.append(CellOutcome(res.name, cell, found[0], found[1], skipped=True))
                 if on_cell:
@@ -126,19 +136,22 @@ def run_cells(
         check_ctx(model, settings.ctx, res.name)
         windows = make_windows(tokenizer, text, settings.ctx, settings.max_tokens)
         prof = model_profile(res, text, settings, store, (model, tokenizer), log, progress_factory)
-        calib = None
+        calib = shared = None
         if calib_text is not None and any(c.scheme != "fp" for c, _ in todo):
             calib = calibration_for(tokenizer, settings, calib_text)
+            shared = shared_calibration(model, tokenizer, [c for c, _ in todo], settings, calib)
         refs = References(store, res, windows, settings)
         for cell, ident in todo:
             record = _run_cell(res, cell, ident, model, tokenizer, windows, calib, settings, fp_record, progress_factory,
-                               log, refs)
+                               log, refs, shared, on_model)
             if prof is not None:
                 record["profile"] = prof
             if cell.scheme == "fp" and record["status"] == "ok":
                 fp_record = record
+            t_write = time.perf_counter()
             path = store.write(record, f"{res.name}__{cell.label}")
-            outcomes.append(CellOutcome(res.name, cell, path, record, skipped=False))
+            outcomes.append(CellOutcome(res.name, cell, path, record, skipped=False,
+                                        write_s=time.perf_counter() - t_write))
             if on_cell:
                 on_cell(outcomes[-1])
         del model
@@ -220,7 +233,7 @@ def model_fields(config) -> dict:
 
 
 def _run_cell(res, cell, ident, fp_model, tokenizer, windows, calib, settings, fp_record, progress_factory,
-              log=print, refs: References | None = None) -> dict:
+              log=print, refs: References | None = None, shared=None, on_model=None) -> dict:
     scheme = get_scheme(cell.scheme)
     on_batch = progress_factory(f"{res.name} · {cell.label}", windows.n_windows) if progress_factory else None
     config = {
@@ -240,10 +253,14 @@ def _run_cell(res, cell, ident, fp_model, tokenizer, windows, calib, settings, f
         elif refs is not None:
             agree = refs.agreement_for(fp_model, tokenizer, settings.batch_size, log)
             observers = [agree]
+        t_copy = time.perf_counter()
         model = fp_model if cell.scheme == "fp" else copy.deepcopy(fp_model)
-        quant_report = quantize_for(model, tokenizer, cell, settings, calib)
+        copy_s = time.perf_counter() - t_copy
+        quant_report = quantize_for(model, tokenizer, cell, settings, calib, shared=shared)
         prep_s = time.perf_counter() - t0
         result = perplexity(model, tokenizer, windows, settings.batch_size, on_batch=on_batch, observers=observers)
+        if on_model is not None:
+            on_model(cell, model, windows)
         if builder is not None:
             config["kld_reference"] = refs.keep(builder)
         tasks, task_s = None, 0.0
@@ -256,7 +273,8 @@ def _run_cell(res, cell, ident, fp_model, tokenizer, windows, calib, settings, f
     except QsinkError as e:
         return make_record(ident, config, None, {"wall_s": time.perf_counter() - t0}, status="failed", error=str(e))
     metrics = result.to_dict()
-    timing = {"wall_s": metrics.pop("wall_s"), "tokens_per_s": metrics.pop("tokens_per_s"), "prepare_s": prep_s}
+    timing = {"wall_s": metrics.pop("wall_s"), "tokens_per_s": metrics.pop("tokens_per_s"), "prepare_s": prep_s,
+              "copy_s": copy_s}
     if agree is not None:
         summary = agree.summary()
         metrics.update(agreement.flat_metrics(summary), agreement=summary)

@@ -41,6 +41,7 @@ class EvalSettings:
     num_fewshot: int | None = None
     profile_samples: int = 16  # windows of the eval text for the model's profile (0: no profile)
     kld_topk: int = 32  # agreement with fp: P's top-K tokens + a rest bucket from a stored reference (0: exact, live)
+    sqnr: bool = False  # per-linear SQNR of each quantized cell: one more pass over the calibration windows
 
     def __post_init__(self):
         check_types(self, flags=True)

@@ -16,7 +16,7 @@ import torch.nn as nn
 from qsink.data.windows import Windows
 from qsink.errors import QsinkError
 from qsink.models.adapter import adapter_for, text_config
-from qsink.quant.calibration import run_windows
+from qsink.quant.calibration import CalibrationStats, run_windows
 from qsink.quant.handling import HANDLERS, Handler
 from qsink.quant.qlinear import QLinear, QuantContext
 from qsink.quant.schemes import QuantFormat, Scheme, per_group
@@ -42,7 +42,7 @@ def check_combination(scheme: Scheme, handling: str, options: dict | None = None
 
 def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none", calib: Windows | None = None,
               tokenizer=None, options: dict | None = None, sqnr: bool = True, batch_size: int = 4,
-              include: tuple[str, ...] = ()) -> dict:
+              include: tuple[str, ...] = (), shared: CalibrationStats | None = None) -> dict:
     """Quantize ``model`` in place: every linear layer in its blocks becomes a :class:`QLinear`.
 
     Embeddings and ``lm_head`` stay in high precision unless ``include`` names them: ``lm_head``
@@ -50,6 +50,9 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
     rows quantized with the scheme's weight format. ``calib`` windows (from a training split)
     feed calibration-based methods, static scales and the per-linear SQNR. Returns a report for the
     record. The model's ``qsink_quant_context`` attribute switches all QLinears between modes.
+    ``shared``: the fp model's calibration statistics on ``calib`` (:class:`CalibrationStats`); a
+    handler that leaves the linears' inputs as they are takes its statistics from there instead of
+    a calibration pass of its own (the same numbers, computed once per model).
 
     Family-level refusals (a handler's :meth:`~qsink.quant.handling.base.Handler.check_model`, KV
     quantization where k and v cannot be found) come before anything changes; then GPT-2's Conv1D
@@ -60,7 +63,7 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
     unknown = set(include) - set(INCLUDABLE)
     if unknown:
         raise QsinkError(f"cannot include {sorted(unknown)} in quantization; choose from {', '.join(INCLUDABLE)}")
-    handler.tokenizer = tokenizer
+    handler.tokenizer, handler.shared = tokenizer, shared
     needs_calib = handler.needs_calibration or scheme.act_static
     if needs_calib and calib is None:
         raise QsinkError(f"{scheme.name} with {handler.name} needs calibration windows")
@@ -77,8 +80,9 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         kv = QuantFormat(scheme.kv.dtype, scheme.kv.bits, scheme.kv.symmetric, per_group(head_dim))
     t0 = time.perf_counter()
-    ad.linearize_(model)  # GPT-2's Conv1D -> nn.Linear (function-preserving), before any rewrite
+    converted = ad.linearize_(model)  # GPT-2's Conv1D -> nn.Linear (function-preserving), before any rewrite
     handler.prepare(model, ad, calib, scheme)
+    handling_s = time.perf_counter() - t0
     ctx = QuantContext()
     qlinears: dict[str, QLinear] = {}
     blocks = ad.blocks(model)
@@ -117,20 +121,39 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
             emb.weight.copy_(scheme.weight.fake(emb.weight.detach()))
     model.qsink_quant_context = ctx
     model.qsink_hooks = handler.install(model, ctx)
+    t_calib = time.perf_counter()
+    from_shared = False
     if needs_calib:
-        ctx.mode = "calibrate"
-        run_windows(model, calib, batch_size)
+        # the shared statistics are the fp model's: usable when nothing changed the linears' inputs (no rewrite, no
+        # Conv1D conversion, whose arithmetic differs from nn.Linear's, no extra linear such as lm_head)
+        from_shared = shared is not None and handler.inputs_unchanged and not converted and not include
+        if from_shared:
+            keep = getattr(handler, "keeps_tokens", False) and scheme.act is not None
+            stats = shared.kept_inputs() if keep else None
+            need = [n for n, on in (("hessian", any(q.collect_hessian for q in qlinears.values())),
+                                    ("sumsq", any(q.collect_sumsq for q in qlinears.values()))) if on]
+            base = shared.inputs("absmax", *need, *(["rows"] if handler.needs_rows else []))
+            for name, q in qlinears.items():
+                q.take_inputs(base[name])
+                if stats is not None and q.act_fmt is not None:
+                    q.calib_absmax = stats[name].calib_absmax if name in stats else None
+        else:
+            ctx.mode = "calibrate"
+            run_windows(model, calib, batch_size)
         if scheme.act_static:
             for q in qlinears.values():
                 q.set_static_scale()
         handler.after_calibration(qlinears)
         for q in qlinears.values():
             q.calib_rows = []
+    calibration_s = time.perf_counter() - t_calib
+    t_sqnr = time.perf_counter()
     sqnr_by_linear = {}
     if sqnr and calib is not None:
         ctx.mode = "sqnr"
         run_windows(model, calib, batch_size)
         sqnr_by_linear = {n: q.sqnr_db for n, q in qlinears.items()}
+    sqnr_s = time.perf_counter() - t_sqnr
     ctx.mode = "quant"
     ctx.kept_tokens = ctx.seen_tokens = 0
     finite = [v for v in sqnr_by_linear.values() if v is not None and math.isfinite(v)]
@@ -146,6 +169,8 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
         "sqnr_db_min": min(finite) if finite else None,
         "sqnr_db_min_linear": min((v, n) for n, v in sqnr_by_linear.items() if v is not None)[1] if finite else None,
         "weight_encode_s": encode_s,
+        "timing": {"handling_s": handling_s, "encode_s": encode_s, "calibration_s": calibration_s, "sqnr_s": sqnr_s,
+                   "calibration": "shared" if from_shared else "own pass" if needs_calib else "none"},
     }
     if scheme.ftype is not None:  # every linear's GGUF type (after the handler, which may change them: imatrix)
         types = {n: q.weight_fmt.gguf_type for n, q in qlinears.items()} if qlinears else gguf_types

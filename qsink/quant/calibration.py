@@ -2,9 +2,19 @@
 
 Calibration never reads the test split: by default it draws ``n`` windows (seeded) from
 ``austen:train``.
+
+What a quantized cell needs from the fp model's activations on those windows (static activation
+scales, SmoothQuant's per-channel maxima, GPTQ's Hessians, llama.cpp's imatrix, clipping rows,
+token-keep's spike tokens) is the same for every cell of a model whose outlier handling leaves the
+linears' inputs as they are: :class:`CalibrationStats` computes it once per (model, windows) and
+hands each cell what it asks for. Each statistic is accumulated by :func:`record_input`, the same
+code a ``QLinear`` runs in its own calibration pass, batch by batch in the same order, so a cell
+gets the numbers its own pass would have given, bit for bit.
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 
@@ -27,6 +37,169 @@ def run_windows(model, windows: Windows, batch_size: int = 4) -> None:
     device = next(model.parameters()).device
     for start in range(0, windows.n_windows, batch_size):
         model(input_ids=windows.input_ids[start : start + batch_size].to(device), use_cache=False)
+
+
+CALIB_SAMPLE_ROWS = 256  # input rows kept per linear for the clipping search
+
+
+class LinearInputs:
+    """What calibration keeps of one linear's inputs: per-channel absmax, a seeded sample of rows,
+    ``2 X^T X`` (GPTQ's Hessian) and the per-channel sum of squares with its row count (imatrix)."""
+
+    def __init__(self):
+        self.calib_absmax: torch.Tensor | None = None
+        self.calib_rows: list[torch.Tensor] = []
+        self.hessian: torch.Tensor | None = None
+        self.sumsq: torch.Tensor | None = None
+        self.sumsq_rows = 0
+
+
+def record_input(stats, x: torch.Tensor, *, mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                 hessian: bool = False, sumsq: bool = False, rows: bool = True) -> None:
+    """Add one batch of a linear's input ``x`` (..., in) to ``stats`` (a :class:`LinearInputs` or a QLinear). Rows
+    under ``mask`` (tokens kept in high precision) count for the Hessian and imatrix but not for the absmax and the
+    row sample, which set activation scales; the sample draws from ``generator``."""
+    flat = x.detach().reshape(-1, x.shape[-1]).float()
+    if hessian:
+        h = 2 * flat.T @ flat
+        stats.hessian = h if stats.hessian is None else stats.hessian + h
+    if sumsq:
+        s = flat.double().pow(2).sum(dim=0)
+        stats.sumsq = s if stats.sumsq is None else stats.sumsq + s
+        stats.sumsq_rows += flat.shape[0]
+    if mask is not None:
+        flat = flat[~mask.reshape(-1)]
+        if flat.shape[0] == 0:
+            return
+    amax = flat.abs().amax(dim=0)
+    stats.calib_absmax = amax if stats.calib_absmax is None else torch.maximum(stats.calib_absmax, amax)
+    if rows:
+        have = sum(r.shape[0] for r in stats.calib_rows)
+        if have < CALIB_SAMPLE_ROWS:
+            idx = torch.randperm(flat.shape[0], generator=generator)[: CALIB_SAMPLE_ROWS - have]
+            stats.calib_rows.append(flat[idx.to(flat.device)].cpu())
+
+
+def keep_mask(input_ids: torch.Tensor, positions, token_ids) -> torch.Tensor:
+    """(B, T) True where a token's activations stay in high precision: the given token ids anywhere, and the
+    given positions (those inside the window)."""
+    ids = torch.as_tensor(list(token_ids), dtype=torch.long, device=input_ids.device)
+    mask = torch.isin(input_ids, ids)
+    pos = torch.as_tensor([p for p in positions if p < input_ids.shape[1]], dtype=torch.long, device=input_ids.device)
+    if len(pos):
+        mask[:, pos] = True
+    return mask
+
+
+NEEDS = ("absmax", "rows", "hessian", "sumsq", "spikes", "kept-absmax")
+
+
+class CalibrationStats:
+    """The fp model's activation statistics on one set of calibration windows, computed once and shared by the
+    cells of that model. Cells declare what they need (:meth:`declare`) before the first request, so that one
+    pass collects it all; whatever is asked for later without having been declared costs another pass (never a
+    wrong answer). ``passes`` and ``seconds`` say what it cost."""
+
+    def __init__(self, model, adapter, calib, batch_size: int = 4, tokenizer=None):
+        self.model, self.adapter, self.calib, self.batch_size, self.tokenizer = model, adapter, calib, batch_size, tokenizer
+        self.declared: set[str] = set()
+        self.spike_settings: tuple[float, float] = (100.0, 1000.0)
+        self._inputs: dict[str, LinearInputs] | None = None
+        self._have: set[str] = set()
+        self._kept: dict[str, LinearInputs] | None = None
+        self._spikes: dict | None = None
+        self.passes, self.seconds = 0, 0.0
+
+    def declare(self, needs) -> None:
+        unknown = set(needs) - set(NEEDS)
+        if unknown:
+            raise ValueError(f"unknown calibration statistics {sorted(unknown)}; known: {', '.join(NEEDS)}")
+        self.declared |= set(needs)
+
+    def spike_tokens(self, massive_abs: float = 100.0, massive_ratio: float = 1000.0) -> dict:
+        """Token-keep's spike tokens on the calibration windows (the profiler's massive positions and token ids
+        that are massive in at least half the windows holding them), from one profile pass of the fp model."""
+        if (massive_abs, massive_ratio) != self.spike_settings or self._spikes is None:
+            from qsink.measure.collect import profile
+            from qsink.measure.options import ProfileSettings
+
+            t0 = time.perf_counter()
+            p = profile(self.model, self.tokenizer, self.calib,
+                        ProfileSettings(massive_abs=massive_abs, massive_ratio=massive_ratio, attn_windows=0)).to_dict()
+            n = self.calib.n_windows
+            positions = sorted(d["position"] for d in p["massive"]["positions"] if d["windows"] * 2 >= n)
+            counts: dict[int, int] = {}
+            for w in range(n):
+                for t in set(self.calib.input_ids[w].tolist()):
+                    counts[t] = counts.get(t, 0) + 1
+            ids = sorted(d["token_id"] for d in p["massive"]["tokens"] if d["windows"] * 2 >= counts.get(d["token_id"], n))
+            texts = [d["token"] for d in p["massive"]["tokens"] if d["token_id"] in ids]
+            self._spikes, self.spike_settings = {"positions": positions, "token_ids": ids, "tokens": texts}, (massive_abs, massive_ratio)
+            self._kept = None  # the kept-token statistics belong to the spikes they were computed with
+            self.passes += 1
+            self.seconds += time.perf_counter() - t0
+        return self._spikes
+
+    def inputs(self, *needs: str) -> dict[str, LinearInputs]:
+        """Per block linear (``"layer.name"``): its fp inputs' statistics, with at least ``needs`` collected."""
+        want = set(needs) | (self.declared & {"absmax", "rows", "hessian", "sumsq"})
+        if self._inputs is None or not set(needs) <= self._have:
+            kept = "kept-absmax" in self.declared and self._kept is None
+            self._pass(want | {"absmax"}, kept)
+        return self._inputs
+
+    def kept_inputs(self) -> dict[str, LinearInputs]:
+        """The absmax of each linear's inputs without the spike tokens' rows (static scales under token-keep)."""
+        if self._kept is None:
+            self.spike_tokens(*self.spike_settings)
+            self._pass(self._have if self._inputs is not None else (self.declared & {"absmax", "rows", "hessian", "sumsq"}) | {"absmax"},
+                       kept=True)
+        return self._kept
+
+    def input_absmax(self) -> dict[tuple[int, str], torch.Tensor]:
+        """SmoothQuant's statistic: per (layer, linear name), the per-channel absmax of its fp input."""
+        out = {}
+        for key, st in self.inputs("absmax").items():
+            layer, name = key.split(".", 1)
+            out[(int(layer), name)] = st.calib_absmax
+        return out
+
+    @torch.inference_mode()
+    def _pass(self, needs: set[str], kept: bool) -> None:
+        t0 = time.perf_counter()
+        generator = torch.Generator().manual_seed(0)  # as a cell's QuantContext: the same row sample
+        inputs: dict[str, LinearInputs] = {}
+        kept_inputs: dict[str, LinearInputs] = {}
+        spec = self.spike_tokens(*self.spike_settings) if kept else None
+        state = {"mask": None}
+        handles = []
+
+        def hook(key):
+            def fn(module, args):
+                x = args[0]
+                record_input(inputs.setdefault(key, LinearInputs()), x, generator=generator, rows="rows" in needs,
+                             hessian="hessian" in needs, sumsq="sumsq" in needs)
+                if state["mask"] is not None:
+                    record_input(kept_inputs.setdefault(key, LinearInputs()), x, mask=state["mask"], rows=False)
+            return fn
+
+        try:
+            for l, block in enumerate(self.adapter.blocks(self.model)):
+                for name, lin in self.adapter.linears(block).items():
+                    handles.append(lin.register_forward_pre_hook(hook(f"{l}.{name}")))
+            device = next(self.model.parameters()).device
+            for start in range(0, self.calib.n_windows, self.batch_size):
+                ids = self.calib.input_ids[start : start + self.batch_size]
+                state["mask"] = keep_mask(ids, spec["positions"], spec["token_ids"]).to(device) if spec else None
+                self.model(input_ids=ids.to(device), use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+        self._inputs, self._have = inputs, set(needs)
+        if kept:
+            self._kept = kept_inputs
+        self.passes += 1
+        self.seconds += time.perf_counter() - t0
 
 
 @torch.inference_mode()

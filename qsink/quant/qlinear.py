@@ -25,9 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from qsink.quant.calibration import record_input
 from qsink.quant.schemes import QuantFormat
-
-CALIB_SAMPLE_ROWS = 256  # input rows kept per linear for clipping search
 
 
 @dataclass
@@ -161,25 +160,19 @@ class QLinear(nn.Module):
         return torch.cat(parts, dim=-1)
 
     def _record(self, x: torch.Tensor) -> None:
-        flat = x.detach().reshape(-1, x.shape[-1]).float()
+        mask = self._keep_mask(x) if self.act_fmt is not None else None  # kept tokens are not quantized: no scales
+        record_input(self, x, mask=mask, generator=self.ctx.generator, hessian=self.collect_hessian,
+                     sumsq=self.collect_sumsq)
+
+    def take_inputs(self, stats) -> None:
+        """Use calibration statistics computed elsewhere (:class:`qsink.quant.calibration.CalibrationStats`) instead
+        of this module's own calibration pass: what that pass would have recorded, from the fp model's inputs."""
+        self.calib_absmax = stats.calib_absmax
+        self.calib_rows = list(stats.calib_rows)
         if self.collect_hessian:
-            h = 2 * flat.T @ flat
-            self.hessian = h if self.hessian is None else self.hessian + h
+            self.hessian = None if stats.hessian is None else stats.hessian.clone()
         if self.collect_sumsq:
-            s = flat.double().pow(2).sum(dim=0)
-            self.sumsq = s if self.sumsq is None else self.sumsq + s
-            self.sumsq_rows += flat.shape[0]
-        mask = self._keep_mask(x)
-        if mask is not None and self.act_fmt is not None:
-            flat = flat[~mask.reshape(-1)]  # kept tokens are not quantized, so they do not set scales
-            if flat.shape[0] == 0:
-                return
-        amax = flat.abs().amax(dim=0)
-        self.calib_absmax = amax if self.calib_absmax is None else torch.maximum(self.calib_absmax, amax)
-        have = sum(r.shape[0] for r in self.calib_rows)
-        if have < CALIB_SAMPLE_ROWS:
-            idx = torch.randperm(flat.shape[0], generator=self.ctx.generator)[: CALIB_SAMPLE_ROWS - have]
-            self.calib_rows.append(flat[idx.to(flat.device)].cpu())
+            self.sumsq, self.sumsq_rows = stats.sumsq, stats.sumsq_rows
 
     @property
     def sqnr_db(self) -> float | None:

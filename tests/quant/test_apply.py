@@ -3,6 +3,7 @@ against a written-out table, and known answers for the individual mechanisms. Fu
 and the token-keep tests live with their methods in tests/quant/handling/."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -310,3 +311,23 @@ def test_quarot_is_the_rotation_then_gptq(model, tok, windows, calib):
     assert r_qr["sqnr_db_mean"] > r_rtn["sqnr_db_mean"] + 0.5
     with pytest.raises(QsinkError, match="integer weights"):
         check_combination(get_scheme("mxfp4"), "quarot")
+
+
+# bf16 (--dtype bf16): every scheme without handling, and every handling with a scheme it accepts
+BF16 = sorted({(s, "none") for s, h in RUN if h == "none" and (not s.startswith("gguf-") or "q4_" in s)} |
+              {next((s, h2) for s, h2 in RUN if h2 == h) for _, h in RUN} | {("w8a8-static", "token-keep")})
+
+
+@pytest.mark.parametrize("scheme, handling", BF16)
+def test_accepted_combinations_run_in_bf16(model, tok, windows, calib, scheme, handling):
+    """A bf16 model stays bf16 through every scheme and handling (weights, buffers; a static activation scale is a
+    scalar kept in fp32) and gives a finite perplexity close to the fp32 model's under the same cell."""
+    m16 = copy.deepcopy(model).to(torch.bfloat16)
+    quantize_(m16, get_scheme(scheme), handling, calib, tok, sqnr=False)
+    floats = {k: v.dtype for k, v in m16.state_dict().items() if v is not None and v.is_floating_point()}
+    assert {k for k, d in floats.items() if d != torch.bfloat16} <= {k for k in floats if k.endswith("act_scale")}
+    p16 = perplexity(m16, tok, windows).ppl
+    m32 = copy.deepcopy(model)
+    quantize_(m32, get_scheme(scheme), handling, calib, tok, sqnr=False)
+    p32 = perplexity(m32, tok, windows).ppl
+    assert math.isfinite(p16) and abs(math.log(p16 / p32)) < 0.05, (p16, p32)

@@ -285,6 +285,7 @@ def _multiply_columns(lin: nn.Module, s: torch.Tensor) -> None:
 @register
 class AWQ(Handler):
     name = "awq"
+    inputs_unchanged = False  # rotates / scales the linears' inputs: its own calibration pass
     description = ("activation-aware per-channel weight scales searched on the group's output, folded into norms "
                    "and linears, then a clipping search (arXiv 2306.00978); any weight format")
     needs_calibration = True
@@ -406,6 +407,7 @@ class AWQGPTQ(Handler):
     """AWQ's scales folded in, then GPTQ on the scaled weights (Hessians from the scaled inputs)."""
 
     name = "awq+gptq"
+    inputs_unchanged = False  # rotates / scales the linears' inputs: its own calibration pass
     description = "awq's scales (no clipping search), then GPTQ on the scaled weights; integer weights"
     needs_calibration = True
 

@@ -25,7 +25,10 @@ class Handler:
     name = "none"
     description = "no outlier handling"
     needs_calibration = False
+    inputs_unchanged = True  # prepare() leaves every linear's input as in the fp model (shared calibration applies)
+    needs_rows = False  # after_calibration() reads each QLinear's sample of input rows
     tokenizer = None  # set by quantize_ before prepare()
+    shared = None  # the fp model's shared calibration statistics, if the caller has them (set by quantize_)
 
     def __init__(self, **options):
         if options:
@@ -51,6 +54,13 @@ class Handler:
 
     def report(self) -> dict:
         return {}
+
+    def shared_needs(self, scheme) -> set[str]:
+        """What this handler's cells take from :class:`~qsink.quant.calibration.CalibrationStats` (declared before
+        the shared pass so that one pass collects it all)."""
+        if not self.inputs_unchanged or not (self.needs_calibration or scheme.act_static):
+            return set()
+        return {"absmax"} | ({"rows"} if self.needs_rows else set())
 
 
 HANDLERS: Registry[type[Handler]] = Registry("outlier-handling method")

@@ -22,6 +22,7 @@ class Clip(Handler):
     name = "clip"
     description = "per-layer clipping ratios for weights and activations, searched to minimise output MSE"
     needs_calibration = True
+    needs_rows = True
 
     def __init__(self, weights: bool = True, activations: bool = True):
         self.weights, self.activations = bool(weights), bool(activations)

@@ -104,6 +104,9 @@ class GPTQ(Handler):
             q.hessian = None
             self.n_layers += 1
 
+    def shared_needs(self, scheme) -> set[str]:
+        return super().shared_needs(scheme) | {"hessian"}
+
     def report(self) -> dict:
         return {"damp": self.damp, "block": self.block, "n_linears": self.n_layers,
                 "hessian_from": "fp inputs of every linear, one calibration pass"}

@@ -35,6 +35,7 @@ from qsink.quant.handling.gptq import GPTQ
 @register
 class Hadamard(Handler):
     name = "hadamard"
+    inputs_unchanged = False  # rotates / scales the linears' inputs: its own calibration pass
     description = ("randomized Hadamard rotation of the residual stream folded into weights, online Hadamard before down_proj "
                    "(QuaRot); layouts that cannot fold it (sandwich, DyT, LayerNorm, post-norm) rotate each linear's input online")
 
@@ -120,6 +121,7 @@ class QuaRot(Handler):
     GPTQ rather than round-to-nearest). The Hessians are collected on the rotated inputs."""
 
     name = "quarot"
+    inputs_unchanged = False  # rotates / scales the linears' inputs: its own calibration pass
     description = "hadamard's rotation followed by GPTQ on the rotated weights (QuaRot, arXiv 2404.00456); integer weights"
     needs_calibration = True
 

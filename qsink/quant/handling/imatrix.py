@@ -76,6 +76,9 @@ class IMatrix(Handler):
                                      "top1_share": float(imat[top]) / total if total > 0 else None}
             q.sumsq, q.sumsq_rows = None, 0
 
+    def shared_needs(self, scheme) -> set[str]:
+        return super().shared_needs(scheme) | {"sumsq"}
+
     def report(self) -> dict:
         shares = sorted(v["top1_share"] for v in self.per_linear.values() if v["top1_share"] is not None)
         return {"statistic": "mean of x^2 per input column of each block linear over the calibration windows (fp model)",

@@ -41,6 +41,7 @@ class SmoothQuant(Handler):
     name = "smoothquant"
     description = "per-channel difficulty migration from activations to weights, alpha 0.5 (arXiv 2211.10438)"
     needs_calibration = True
+    inputs_unchanged = False  # divides the inputs by s
 
     def __init__(self, alpha: float = 0.5):
         if not 0 <= alpha <= 1:
@@ -57,7 +58,8 @@ class SmoothQuant(Handler):
     @torch.no_grad()
     def prepare(self, model, adapter, calib, scheme) -> None:
         adapter.require_rewrites(self.name)
-        stats = linear_input_absmax(model, adapter, calib)
+        # the fp model's per-channel maxima: shared by every cell of the model when the caller has them
+        stats = self.shared.input_absmax() if self.shared is not None else linear_input_absmax(model, adapter, calib)
         cfg = text_config(model)
         n_heads, n_kv = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         for l, block in enumerate(adapter.blocks(model)):
@@ -88,3 +90,6 @@ class SmoothQuant(Handler):
 
     def report(self) -> dict:
         return {"alpha": self.alpha, "max_scale": self.max_scale}
+
+    def shared_needs(self, scheme) -> set[str]:
+        return {"absmax"}  # its scales; a static scheme's own pass follows the smoothing
