@@ -71,6 +71,8 @@ def sha256_cached(path: Path, settle_ns: int = 2_000_000_000) -> str:
         known = json.loads(store.read_text())
     except (OSError, ValueError):
         known = {}
+    if not isinstance(known, dict):  # valid JSON but not a memo (an edited or foreign file): start afresh
+        known = {}
     if key in known:
         return known[key]
     digest = sha256_file(path)

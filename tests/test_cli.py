@@ -157,7 +157,7 @@ def test_matrix_of_schemes_and_handling(tiny_model_dir, sample_text_file, tmp_pa
     out = tmp_path / "matrix"
     args = ["evaluate", str(tiny_model_dir), "--text", str(sample_text_file), "--ctx", "32", "--max-tokens", "128",
             "--scheme", "w8a8,w4a4", "--handling", "none,hadamard,llm-int8", "--calib", "2", "--calib-data", "austen:validation",
-            "--out", str(out)]
+            "--sqnr", "--out", str(out)]
     code, stdout, stderr = run(args, capsys)
     assert code == 0, stderr
     assert "skipping w4a4+llm-int8" in stderr

@@ -1,12 +1,17 @@
 """qsink.files.load_yaml: ``include:`` chains merge depth first with mappings merged key by key, and
-include cycles are refused with the cycle named."""
+include cycles are refused with the cycle named. qsink.files.sha256_cached: a remembered hash is used
+only while the file's size and times are what they were, and a damaged memo is rebuilt."""
 
+import hashlib
+import json
+import os
 import re
 
 import pytest
 
 from qsink.errors import QsinkError
-from qsink.files import load_yaml
+import qsink.files
+from qsink.files import load_yaml, sha256_cached
 
 
 def write(path, text):
@@ -93,3 +98,39 @@ def test_an_include_that_is_not_file_names_is_refused(tmp_path, value):
     (tmp_path / "a.yaml").write_text(f"include: {value}\nx: 1\n")
     with pytest.raises(QsinkError, match="include must be a file name or a list of file names"):
         load_yaml(tmp_path / "a.yaml")
+
+
+@pytest.fixture
+def counted_hashes(tmp_path, monkeypatch):
+    """A fresh $QSINK_HOME and the list of files actually read by sha256_file."""
+    monkeypatch.setenv("QSINK_HOME", str(tmp_path / "home"))
+    calls = []
+    real = qsink.files.sha256_file
+    monkeypatch.setattr(qsink.files, "sha256_file", lambda p: calls.append(p) or real(p))
+    return calls
+
+
+def test_sha256_memo_hit_then_invalidated_by_size_and_by_mtime(tmp_path, counted_hashes):
+    f = tmp_path / "model.gguf"
+    f.write_bytes(b"a" * 4096)
+    first = sha256_cached(f, settle_ns=0)
+    assert first == hashlib.sha256(b"a" * 4096).hexdigest()
+    assert sha256_cached(f, settle_ns=0) == first and len(counted_hashes) == 1  # a hit reads nothing
+    f.write_bytes(b"a" * 4097)  # another size
+    assert sha256_cached(f, settle_ns=0) == hashlib.sha256(b"a" * 4097).hexdigest() and len(counted_hashes) == 2
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # same bytes, another mtime
+    assert sha256_cached(f, settle_ns=0) == hashlib.sha256(b"a" * 4097).hexdigest() and len(counted_hashes) == 3
+    assert sha256_cached(f, settle_ns=0) and len(counted_hashes) == 3  # and remembered again
+
+
+@pytest.mark.parametrize("damage", ["{\"truncated", "", "\x00\x01", "[]", "null"])
+def test_a_corrupt_sha256_memo_is_ignored_and_rebuilt(tmp_path, counted_hashes, damage):
+    f = tmp_path / "model.gguf"
+    f.write_bytes(b"b" * 1000)
+    memo = tmp_path / "home" / "hashes.json"
+    memo.parent.mkdir(parents=True)
+    memo.write_text(damage)
+    assert sha256_cached(f, settle_ns=0) == hashlib.sha256(b"b" * 1000).hexdigest() and len(counted_hashes) == 1
+    assert list(json.loads(memo.read_text()).values()) == [hashlib.sha256(b"b" * 1000).hexdigest()]
+    assert sha256_cached(f, settle_ns=0) and len(counted_hashes) == 1

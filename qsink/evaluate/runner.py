@@ -32,7 +32,7 @@ from qsink.models import ResolvedModel, check_ctx, load, resolve
 from qsink.evaluate.plan import Cell
 from qsink.evaluate.quantized import calibration_for, quantize_for, shared_calibration
 from qsink.quant import get_scheme
-from qsink.quant.apply import kept_token_fraction
+from qsink.quant.apply import kept_token_fraction, restorable, restore_
 from qsink.records.record import PROFILE_FIELDS, cell_key, make_record
 from qsink.records.store import RecordStore
 
@@ -254,22 +254,31 @@ def _run_cell(res, cell, ident, fp_model, tokenizer, windows, calib, settings, f
             agree = refs.agreement_for(fp_model, tokenizer, settings.batch_size, log)
             observers = [agree]
         t_copy = time.perf_counter()
-        model = fp_model if cell.scheme == "fp" else copy.deepcopy(fp_model)
+        # a handling that rewrites nothing quantizes the fp model itself and is undone exactly afterwards; the
+        # exact live KLD (--kld-topk 0) runs the fp model beside the cell, so it needs a copy
+        in_place = cell.scheme == "fp" or (settings.backend == "fake" and settings.kld_topk != 0
+                                           and restorable(fp_model, cell.handling, settings.include))
+        model = fp_model if in_place else copy.deepcopy(fp_model)
         copy_s = time.perf_counter() - t_copy
-        quant_report = quantize_for(model, tokenizer, cell, settings, calib, shared=shared)
-        prep_s = time.perf_counter() - t0
-        result = perplexity(model, tokenizer, windows, settings.batch_size, on_batch=on_batch, observers=observers)
-        if on_model is not None:
-            on_model(cell, model, windows)
+        try:
+            quant_report = quantize_for(model, tokenizer, cell, settings, calib, shared=shared)
+            prep_s = time.perf_counter() - t0
+            result = perplexity(model, tokenizer, windows, settings.batch_size, on_batch=on_batch, observers=observers)
+            if on_model is not None:
+                on_model(cell, model, windows)
+            kept = kept_token_fraction(model) if quant_report is not None else None
+            tasks, task_s = None, 0.0
+            if settings.tasks:
+                t1 = time.perf_counter()
+                tasks = run_tasks(model, tokenizer, list(settings.tasks), limit=settings.limit,
+                                  num_fewshot=settings.num_fewshot, batch_size=settings.batch_size, seed=settings.seed,
+                                  log=log)
+                task_s = time.perf_counter() - t1
+        finally:
+            if in_place and getattr(model, "qsink_originals", None) is not None:
+                restore_(model)
         if builder is not None:
             config["kld_reference"] = refs.keep(builder)
-        tasks, task_s = None, 0.0
-        if settings.tasks:
-            t1 = time.perf_counter()
-            tasks = run_tasks(model, tokenizer, list(settings.tasks), limit=settings.limit,
-                              num_fewshot=settings.num_fewshot, batch_size=settings.batch_size, seed=settings.seed,
-                              log=log)
-            task_s = time.perf_counter() - t1
     except QsinkError as e:
         return make_record(ident, config, None, {"wall_s": time.perf_counter() - t0}, status="failed", error=str(e))
     metrics = result.to_dict()
@@ -296,7 +305,6 @@ def _run_cell(res, cell, ident, fp_model, tokenizer, windows, calib, settings, f
         for k in ("sqnr_db_mean", "sqnr_db_min", "sqnr_db_min_linear"):
             if k in quant_report:
                 metrics[k] = quant_report[k]
-        kept = kept_token_fraction(model)
         if kept:
             metrics.update(kept_tokens=kept["kept_tokens"], kept_token_fraction=kept["fraction"])
     return make_record(ident, config, metrics, timing)

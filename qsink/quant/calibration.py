@@ -123,6 +123,7 @@ class CalibrationStats:
             from qsink.measure.collect import profile
             from qsink.measure.options import ProfileSettings
 
+            self._check_fp()
             t0 = time.perf_counter()
             p = profile(self.model, self.tokenizer, self.calib,
                         ProfileSettings(massive_abs=massive_abs, massive_ratio=massive_ratio, attn_windows=0)).to_dict()
@@ -164,8 +165,14 @@ class CalibrationStats:
             out[(int(layer), name)] = st.calib_absmax
         return out
 
+    def _check_fp(self) -> None:
+        if getattr(self.model, "qsink_originals", None) is not None:
+            raise RuntimeError("the shared calibration statistics are the fp model's; this model is being quantized "
+                               "in place, so they must be computed before (quantize_ fetches them first)")
+
     @torch.inference_mode()
     def _pass(self, needs: set[str], kept: bool) -> None:
+        self._check_fp()
         t0 = time.perf_counter()
         generator = torch.Generator().manual_seed(0)  # as a cell's QuantContext: the same row sample
         inputs: dict[str, LinearInputs] = {}

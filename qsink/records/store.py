@@ -49,6 +49,11 @@ class RecordStore:
         hits = list(self.root.glob(f"*__{key[:12]}.json")) if self.root.is_dir() else []
         return hits[0] if hits else None
 
+    def snapshot(self) -> "RecordSnapshot":
+        """This store with its directory listed once: for looking many keys up at one moment (a
+        sweep's status), where a glob per key costs a directory scan per key."""
+        return RecordSnapshot(self.root)
+
     def find_ok(self, key: str) -> tuple[Path, dict] | None:
         """The record for ``key`` if it exists and succeeded (failed cells are run again)."""
         path = self.find(key)
@@ -85,3 +90,37 @@ class RecordStore:
                                      "edited); delete it and rerun its cell")
                 records.append(rec)
         return records
+
+
+_KEY12 = re.compile(r"[0-9a-f]{12}")
+
+
+class RecordSnapshot(RecordStore):
+    """A :class:`RecordStore` whose :meth:`find` answers from one listing of the directory, taken
+    when it is made: the same file the glob of :meth:`RecordStore.find` gives first (both walk the
+    directory in ``os.scandir`` order), and only that file is read by :meth:`find_ok`. Records
+    written after the listing are not seen: make a new snapshot for a new look."""
+
+    def __init__(self, root: str | Path):
+        super().__init__(root)
+        self._by_key: dict[str, Path] = {}
+        try:
+            with os.scandir(self.root) as entries:
+                names = [e.name for e in entries]
+        except OSError:  # missing, a file, unreadable: no records, as the glob finds none
+            names = []
+        for name in names:  # "<stem>__<key12>.json"
+            k = name[-17:-5]
+            if name.endswith(".json") and name[-19:-17] == "__" and _KEY12.fullmatch(k) and k not in self._by_key:
+                self._by_key[k] = self.root / name
+
+    def find(self, key: str) -> Path | None:
+        k = key[:12]
+        if not _KEY12.fullmatch(k):  # not a key qsink makes (tests, hand-made files): the glob, as ever
+            return super().find(key)
+        return self._by_key.get(k)
+
+    def write(self, record: dict, stem: str) -> Path:
+        path = super().write(record, stem)
+        self._by_key.setdefault(record["key"][:12], path)
+        return path

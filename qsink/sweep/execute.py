@@ -10,6 +10,7 @@ of the same sweep skips them.
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.util
 import json
 import os
 import time
@@ -22,7 +23,7 @@ from qsink.errors import QsinkError
 from qsink.evaluate.plan import Cell
 from qsink.evaluate.runner import finished, identity, run_cells
 from qsink.evaluate.settings import EvalSettings
-from qsink.models import pick_device, resolve
+from qsink.models import ResolvedModel, pick_device, resolve
 from qsink.records import RecordStore
 from qsink.sweep.plan import Job, Sweep, order, train_done
 from qsink.train import load_recipe, train
@@ -74,30 +75,79 @@ def _evaluate(p: dict) -> tuple[str, str]:
 
 
 def status(sweep: Sweep) -> dict[str, bool]:
-    """Which jobs are done, read from the outputs alone (no job is run)."""
-    done: dict[str, bool] = {}
-    texts: dict = {}
+    """Which jobs are done, read from the outputs alone: no job is run, no tokenizer or model loaded."""
+    return {key: detail is not None for key, detail in _probe(sweep).items()}
 
-    def text(name):
+
+def _probe(sweep: Sweep, strict: bool = True) -> dict[str, str | None]:
+    """For each job, what its finished output says (``checkpoint ... is complete``, ``ppl 12.3``, the
+    detail a worker would report when skipping it), or ``None`` when it has to run.
+
+    A job is done by the same rules the workers apply (:func:`train_done`, and
+    :func:`qsink.evaluate.runner.finished` on the cell's identity), at the cost of a look-up: each
+    model is hashed once (its GGUF not parsed, ``resolve(verify=False)``), each text resolved once,
+    each records directory listed once, and only the cell's own record is read.
+
+    ``strict=False`` (the executor's pre-pass): a job whose model, text or settings cannot be resolved
+    here counts as not done, and its worker reports why, instead of this raising."""
+    models: dict[str, ResolvedModel | None] = {}
+    texts: dict[str | None, object] = {}
+    stores: dict[str, RecordStore] = {}
+
+    def model(spec: str) -> ResolvedModel | None:
+        if spec not in models:
+            try:
+                models[spec] = resolve(spec, verify=False)
+            except QsinkError:
+                models[spec] = None  # not trained (or not installed) yet
+            except Exception:
+                if strict:
+                    raise
+                models[spec] = None
+        return models[spec]
+
+    def text(name: str | None):
         if name not in texts:
-            texts[name] = resolve_data(name, None, log=lambda m: None)
+            try:
+                texts[name] = resolve_data(name, None, log=lambda m: None)
+            except Exception as e:  # remembered, so a text that cannot be had is tried once, not per job
+                texts[name] = e
+        if isinstance(texts[name], Exception):
+            raise texts[name]
         return texts[name]
 
-    for job in sweep.jobs:
+    def store(root: str) -> RecordStore:
+        if root not in stores:
+            stores[root] = RecordStore(root).snapshot()
+        return stores[root]
+
+    def probe(job: Job) -> str | None:
         p = job.payload
         if job.kind == "train":
-            done[job.key] = train_done(p)
-            continue
-        try:
-            res = resolve(p["model"])
-        except QsinkError:
-            done[job.key] = False  # not trained yet
-            continue
+            return f"checkpoint {p['out']} is complete" if train_done(p) else None
+        res = model(p["model"])
+        if res is None:
+            return None
         settings = _settings(p)
+        if settings.force:
+            return None
         calib = text(settings.calib_data) if p["scheme"] != "fp" else None
         ident = identity(res.sha256, Cell(p["scheme"], p["handling"]), text(p.get("data")), settings,
                          calib.sha256 if calib else None)
-        done[job.key] = finished(RecordStore(p["records"]), ident) is not None
+        found = finished(store(p["records"]), ident, sqnr=settings.sqnr)
+        if found is None:
+            return None
+        ppl = found[1].get("metrics", {}).get("ppl")
+        return f"ppl {ppl:.4g}" if ppl is not None else "ok"
+
+    done: dict[str, str | None] = {}
+    for job in sweep.jobs:
+        try:
+            done[job.key] = probe(job)
+        except Exception:
+            if strict:
+                raise
+            done[job.key] = None
     return done
 
 
@@ -215,17 +265,27 @@ def _journal(path: Path, job: Job, summary: dict) -> None:
 def execute(sweep: Sweep, executor: str = "local", workers: int = 1, address: str | None = None,
             on_result: Callable[[Job, dict], None] | None = None) -> list[dict]:
     """Run every job of ``sweep`` in dependency order; returns one summary per job. Each finished job
-    (run, skipped, failed or blocked) is appended to ``OUT/journal.jsonl``."""
+    (run, skipped, failed or blocked) is appended to ``OUT/journal.jsonl``.
+
+    Jobs whose outputs exist are skipped here, from one look at the outputs (:func:`_probe`), without
+    a worker, a process pool or Ray being started for them: a finished sweep says so in the time its
+    status takes. A job is only skipped here when every dependency was skipped too, so a job whose
+    inputs were (re)made in this run still goes to a worker, which looks again."""
     if executor not in EXECUTORS:
         raise QsinkError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
-    if executor == "ray":
-        backend = _Ray(address)
-    elif workers > 1:
-        backend = _Pool(workers)
-    else:
-        backend = _Inline()
+    if executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise QsinkError("--executor ray needs Ray: pip install 'qsink[ray]'")
+    slots = 10**9 if executor == "ray" else max(workers, 1)  # as _Ray, _Pool and _Inline declare them
+    backend = None
+
+    def start():
+        if executor == "ray":
+            return _Ray(address)
+        return _Pool(workers) if workers > 1 else _Inline()
+
     keys = {j.key for j in sweep.jobs}
     pending, running, results = order(sweep.jobs), {}, {}
+    ready_made = _probe(sweep, strict=False)
 
     def finish(job: Job, summary: dict):
         summary["key"] = job.key
@@ -242,8 +302,13 @@ def execute(sweep: Sweep, executor: str = "local", workers: int = 1, address: st
                     pending.remove(job)
                     bad = next(d["key"] for d in deps if d is not None and d["status"] in ("failed", "blocked"))
                     finish(job, {"status": "blocked", "detail": f"{bad} did not finish", "wall_s": 0.0})
-                elif all(d is not None for d in deps) and len(running) < backend.slots:
+                elif all(d is not None for d in deps) and ready_made[job.key] is not None and all(
+                        ready_made[d["key"]] is not None and d["status"] == "skipped" for d in deps):
                     pending.remove(job)
+                    finish(job, {"status": "skipped", "detail": ready_made[job.key], "wall_s": 0.0, "pid": os.getpid()})
+                elif all(d is not None for d in deps) and len(running) < slots:
+                    pending.remove(job)
+                    backend = backend or start()
                     running[backend.submit(job)] = job
             if running:
                 for handle, summary in backend.wait(list(running)):
@@ -253,5 +318,6 @@ def execute(sweep: Sweep, executor: str = "local", workers: int = 1, address: st
                     finish(job, {"status": "blocked", "detail": "dependencies never finished", "wall_s": 0.0})
                 pending = []
     finally:
-        backend.close()
+        if backend is not None:
+            backend.close()
     return [results[j.key] for j in sweep.jobs]

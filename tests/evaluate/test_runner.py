@@ -75,3 +75,38 @@ def test_exact_kld_and_records_made_before_the_agreement_metrics(tiny_model_dir,
     (fp2, q2), logs = _kld_matrix(tiny_model_dir, sample_text_file, out)
     assert fp2.skipped and not q2.skipped and q2.record["metrics"]["kld_mean"] == stored
     assert any("predates the agreement metrics" in line for line in logs)
+
+
+def test_shared_calibration_and_in_place_cells_write_the_records_a_copy_per_cell_writes(tiny_model_dir, sample_text_file,
+                                                                                          tmp_path, monkeypatch):
+    """The matrix with shared calibration statistics and in-place quantization gives the same records (every number
+    but the timings) as one that copies the model and calibrates in every cell, as before they existed."""
+    import qsink.evaluate.runner as runner
+
+    opts = dict(ctx=32, max_tokens=128, calib=2, calib_data=f"file:{sample_text_file}", profile_samples=2, sqnr=True)
+    cells, _, _, settings = plan_matrix({"schemes": ["w8a8-static", "w4a8", "w4a16"],
+                                         "handling": ["none", "token-keep", "gptq", "smoothquant"], **opts})
+
+    def records(out):
+        _, outcomes = run_matrix([str(tiny_model_dir)], cells, settings, RecordStore(out), text_file=sample_text_file,
+                                 log=lambda m: None)
+        return {o.cell.label: o.record for o in outcomes}
+
+    fast = records(tmp_path / "fast")
+    monkeypatch.setattr(runner, "shared_calibration", lambda *a, **k: None)
+    monkeypatch.setattr(runner, "restorable", lambda *a, **k: False)
+    slow = records(tmp_path / "slow")
+    assert len(fast) == len(slow) >= 8
+    shared = [c for c, r in fast.items() if r["config"].get("quant", {}).get("timing", {}).get("calibration") == "shared"]
+    assert {"w8a8-static", "w8a8-static+token-keep", "w4a16+gptq"} <= set(shared)
+    assert all(r["timing"]["copy_s"] < 0.05 for c, r in fast.items() if c in ("w8a8-static", "w4a8+gptq"))  # in place
+    for label, r in fast.items():
+        s = slow[label]
+        assert r["key"] == s["key"] and r["metrics"] == s["metrics"], label
+        q, qs = dict(r["config"].get("quant", {})), dict(s["config"].get("quant", {}))
+        for d in (q, qs):
+            for k in ("prepare_s", "weight_encode_s", "timing"):
+                d.pop(k, None)
+            if isinstance(d.get("handling"), dict) and "profile_s" in d["handling"]:
+                d["handling"] = {k: v for k, v in d["handling"].items() if not k.endswith("_s")}
+        assert q == qs, label

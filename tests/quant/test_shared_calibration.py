@@ -91,3 +91,37 @@ def test_kept_tokens_come_out_of_the_shared_statistics_as_out_of_their_own_pass(
     assert any(not torch.equal(a, b) for a, b in zip(scales(own).values(), scales(plain).values()))
     assert torch.equal(logits_of(own, calib.input_ids), logits_of(mine, calib.input_ids))
     assert shared.passes == 2  # the profile, then one pass with and without the kept rows
+
+
+@pytest.mark.parametrize("scheme, handling", [("w8a8-static", "none"), ("w4a8", "token-keep"), ("w4a16", "gptq"),
+                                              ("w4a8", "clip"), ("gguf-q4_0", "imatrix"), ("nvfp4", "none"),
+                                              ("w8a8+kv4", "llm-int8")])
+def test_in_place_quantization_is_undone_exactly(model, tok, windows, calib, scheme, handling):
+    """A handling that rewrites nothing can quantize the fp model itself: the cell computes what a copy computes,
+    and restore_ gives back the same module objects, parameters, buffers and logits."""
+    from qsink.quant import restorable, restore_
+
+    assert restorable(model, handling)
+    modules = list(model.modules())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    ref = logits_of(model, windows.input_ids)
+    copied, _ = _quantized(model, tok, calib, scheme, handling, None)
+    quantize_(model, get_scheme(scheme), handling, calib, tok, sqnr=False)
+    try:
+        assert torch.equal(logits_of(model, windows.input_ids), logits_of(copied, windows.input_ids))
+    finally:
+        restore_(model)
+    assert list(model.modules()) == modules and all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(logits_of(model, windows.input_ids), ref)
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+
+
+def test_a_rewriting_handling_is_not_restored_in_place(model, tok, calib):
+    from qsink.errors import QsinkError
+    from qsink.quant import restorable, restore_
+
+    assert not restorable(model, "smoothquant") and not restorable(model, "none", include=("lm_head",))
+    m = copy.deepcopy(model)
+    quantize_(m, get_scheme("w8a8"), "smoothquant", calib, tok, sqnr=False)
+    with pytest.raises(QsinkError, match="cannot be restored in place"):
+        restore_(m)

@@ -52,3 +52,65 @@ def test_records_of_other_schemas_are_not_checked_against_this_one(tmp_path):
     (tmp_path / "profile.json").write_text(json.dumps({"schema": "qsink.profile/1", "key": "k", "summary": {}}))
     assert RecordStore(tmp_path).load_all() == []
     assert len(RecordStore(tmp_path).load_all(schema="qsink.profile/1")) == 1
+
+
+def _store_with_records(root):
+    """A records directory as a study has it: cells, a failed cell, a profile, a plot, the references/
+    folder, and a second file for one key (an old stem), written after the first."""
+    store = RecordStore(root)
+    recs = [_record("a", "fp", 10.0), _record("a", "w8a8", 11.0), _record("b", "fp", 12.0)]
+    paths = [store.write(r, f"{r['identity']['model']}__{r['identity']['scheme']}") for r in recs]
+    failed = make_record({"model": "a", "scheme": "w4a4"}, {}, None, None, status="failed", error="boom")
+    store.write(failed, "a__w4a4")
+    (root / "references").mkdir()
+    (root / f"a__profile__{'f' * 12}-attribution.png").write_bytes(b"png")
+    (root / f"renamed__fp__{recs[0]['key'][:12]}.json").write_text(json.dumps(recs[0]))
+    return store, recs, paths, failed
+
+
+def test_snapshot_finds_the_record_the_glob_finds_and_reads_only_it(tmp_path):
+    store, recs, paths, failed = _store_with_records(tmp_path / "records")
+    snap = store.snapshot()
+    for key in [r["key"] for r in recs] + [failed["key"], "0" * 64]:
+        assert snap.find(key) == store.find(key)
+        assert snap.find_ok(key) == store.find_ok(key)
+    assert snap.find_ok(recs[1]["key"]) == (paths[1], recs[1])
+    assert snap.find(failed["key"]) and snap.find_ok(failed["key"]) is None  # failed cells run again
+    assert snap.find("0" * 64) is None
+    # a key that is not a qsink key (no 12 hex digits) takes the glob, as before
+    (tmp_path / "records" / "x__abc.json").write_text(json.dumps(recs[2]))
+    assert snap.find("abc") == store.find("abc") == tmp_path / "records" / "x__abc.json"
+    # only the candidate file is read: every other record unreadable changes nothing
+    for p in (tmp_path / "records").glob("*.json"):
+        if p != paths[1]:
+            p.write_text("{not json")
+    assert store.snapshot().find_ok(recs[1]["key"]) == (paths[1], recs[1])
+    # no directory (a study not started) and a file in its place: nothing found, like the glob
+    assert RecordStore(tmp_path / "none").snapshot().find(recs[0]["key"]) is None
+    (tmp_path / "file").write_text("x")
+    assert RecordStore(tmp_path / "file").snapshot().find(recs[0]["key"]) is None
+
+
+def test_snapshot_sees_its_own_writes(tmp_path):
+    snap = RecordStore(tmp_path).snapshot()
+    rec = _record()
+    assert snap.find(rec["key"]) is None
+    path = snap.write(rec, "m__fp")
+    assert snap.find_ok(rec["key"]) == (path, rec)
+
+
+@pytest.mark.parametrize("damage", [lambda t: t[: len(t) // 2], lambda t: "", lambda t: "\x00garbage"],
+                         ids=["half", "empty", "binary"])
+def test_a_truncated_record_is_not_done_through_the_snapshot_and_a_one_line_error_for_readers(tmp_path, capsys, damage):
+    store = RecordStore(tmp_path)
+    rec = _record()
+    path = store.write(rec, "m__fp")
+    path.write_text(damage(path.read_text()))
+    # not done, as before: the cell runs again and its whole record replaces the damaged one
+    assert store.find_ok(rec["key"]) is None and store.snapshot().find_ok(rec["key"]) is None
+    assert store.snapshot().find(rec["key"]) == path
+    with pytest.raises(QsinkError) as e:
+        store.load_all()
+    assert str(e.value) == f"record {path} is not valid JSON; delete it and rerun the cell"
+    code, _, err = run_cli(["leaderboard", "--results", str(tmp_path)], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"{path.name} is not valid JSON" in err.replace("\n", ""), err

@@ -184,3 +184,48 @@ def test_blocks_that_share_a_cell_run_it_once_and_conflicting_settings_are_refus
                     f"{block.replace('max_tokens: 64', 'max_tokens: 96')}    schemes: [w4a16]\n")
     with pytest.raises(QsinkError, match="appears in two evaluate blocks with different settings"):
         load_sweep(path)
+
+
+def test_a_finished_sweep_is_told_without_a_tokenizer_model_or_worker(sample_text_file, tmp_path, monkeypatch, capsys):
+    """Status and a rerun of a finished sweep read the outputs only: nothing loads a tokenizer or a
+    model, and no worker, pool or Ray is started. A record that predates the agreement metrics is
+    still not done, and the rerun runs exactly that cell."""
+    import transformers
+
+    from tests.conftest import run_cli
+
+    path = write_sweep(tmp_path, sample_text_file, schemes="[w8a8]", handling="[none]")
+    sw = load_sweep(path)
+    assert [r["status"] for r in execute(sw)] == ["done"] * 3
+    ex, runner = sys.modules["qsink.sweep.execute"], sys.modules["qsink.evaluate.runner"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished sweep loaded a model or tokenizer, or started a worker")
+
+    with monkeypatch.context() as m:
+        for target, name in [(sys.modules["qsink.models.loader"], "load"), (runner, "load"), (runner, "run_cells"),
+                             (transformers.AutoTokenizer, "from_pretrained"),
+                             (transformers.AutoModelForCausalLM, "from_pretrained"),
+                             (ex, "run_job"), (ex, "_Inline"), (ex, "_Pool"), (ex, "_Ray")]:
+            m.setattr(target, name, refuse)
+        assert all(status(sw).values())
+        for kwargs in ({}, {"workers": 2}):
+            res = execute(load_sweep(path), **kwargs)
+            assert [r["status"] for r in res] == ["skipped"] * 3, res
+        assert res[0]["detail"] == f"checkpoint {sw.jobs[0].payload['out']} is complete"
+        assert all(r["detail"].startswith("ppl ") and r["pid"] == os.getpid() for r in res[1:]), res
+        code, out, _ = run_cli(["sweep", str(path), "--plan"], capsys)
+        assert code == 0 and "3 jobs, 3 done" in out, out
+        code, out, _ = run_cli(["sweep", str(path)], capsys)
+        assert code == 0 and "0 run, 3 already done" in out, out
+    journal = [json.loads(line) for line in (tmp_path / "out" / "journal.jsonl").read_text().splitlines()]
+    assert [e["status"] for e in journal] == ["done"] * 3 + ["skipped"] * 9
+
+    # a quantized record from before the agreement metrics: not done, and only it runs again
+    q = next(p for p in (tmp_path / "out" / "records").glob("*__w8a8__*.json"))
+    rec = json.loads(q.read_text())
+    del rec["metrics"]["kld_mean"]
+    q.write_text(json.dumps(rec))
+    assert list(status(sw).values()) == [True, True, False]
+    assert [r["status"] for r in execute(load_sweep(path))] == ["skipped", "skipped", "done"]
+    assert "kld_mean" in json.loads(q.read_text())["metrics"] and all(status(sw).values())
