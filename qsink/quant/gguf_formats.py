@@ -111,24 +111,48 @@ def _blocks(x: torch.Tensor, size: int) -> torch.Tensor:
     return x.float().reshape(*x.shape[:-1], x.shape[-1] // size, size)
 
 
+@torch.no_grad()  # in-place temporaries, so no autograd graph (the rounding has zero gradient)
 def fake_q8_0(x: torch.Tensor) -> torch.Tensor:
-    """Q8_0 activation rounding (blocks of 32, fp16 scale), as ``quantize_row_q8_0_ref``."""
+    """Q8_0 activation rounding (blocks of 32, fp16 scale), as ``quantize_row_q8_0_ref``.
+
+    Codes are ``trunc(v + 0.5)`` for ``v >= 0`` (-0.0 included) and ``trunc(v - 0.5)`` below, with
+    ``v = x * (1 / d)``: roundf's half away from zero (but for v = +-0.49999997, where ``v + 0.5``
+    rounds up to 1). ``v + 0.5 * sign(v)`` is that sum exactly (sign(+-0.0) = +0.0, so a zero gives
+    +0.0 as ``-0.0 + 0.5`` truncated does)."""
     b = _blocks(x, 32)
-    d = b.abs().amax(dim=-1, keepdim=True) / 127
+    v = b.abs()
+    d = v.amax(dim=-1, keepdim=True) / 127
     inv = torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
-    q = torch.trunc(b * inv + torch.where(b * inv >= 0, 0.5, -0.5))  # roundf: half away from zero
-    return (q * d.half().float()).reshape(x.shape).to(x.dtype)
+    v = torch.mul(b, inv, out=v)  # the |x| buffer reused
+    q = v.add_(torch.sign(v), alpha=0.5).trunc_()
+    return q.mul_(d.half().float()).reshape(x.shape).to(x.dtype)
 
 
+@torch.no_grad()  # in-place temporaries, so no autograd graph (the rounding has zero gradient)
 def fake_q8_k(x: torch.Tensor) -> torch.Tensor:
-    """Q8_K activation rounding (blocks of 256, fp32 scale), as ``quantize_row_q8_K_ref``."""
+    """Q8_K activation rounding (blocks of 256, fp32 scale), as ``quantize_row_q8_K_ref``.
+
+    llama.cpp takes ``max``, the first element of largest magnitude, with its sign. Its sign does not
+    change the result while ``-127 / max`` is finite: negating ``max`` negates ``iscale``, the codes
+    (half-to-even rounding is symmetric, and ``|iscale * x| <= 127 (1 + 2^-24)^2`` rounds to at most
+    127, so the clamp never acts) and ``d``, and ``(-q) * (-d) = q * d`` bit for bit. So ``max`` is
+    taken as ``+absmax``; a block so small that ``127 / absmax`` overflows (below ~3.7e-37) goes the
+    literal way, where the sign matters (infinite codes)."""
     b = _blocks(x, 256)
-    idx = b.abs().argmax(dim=-1, keepdim=True)  # the first element of largest magnitude, as the C loop's '>'
-    mx = b.gather(-1, idx)
-    iscale = torch.where(mx != 0, -127.0 / mx, torch.zeros_like(mx))
-    q = torch.round(iscale * b).clamp(max=127)  # torch.round: half to even, like nearest_int
-    d = torch.where(mx != 0, 1.0 / iscale, torch.zeros_like(mx))
-    return (q * d).reshape(x.shape).to(x.dtype)
+    q = b.abs()
+    amax = q.amax(dim=-1, keepdim=True)
+    nonzero = amax != 0
+    iscale = torch.where(nonzero, -127.0 / amax, torch.zeros_like(amax))
+    if not bool(torch.isfinite(iscale).all()):
+        idx = q.argmax(dim=-1, keepdim=True)  # the first element of largest magnitude, as the C loop's '>'
+        mx = b.gather(-1, idx)
+        iscale = torch.where(mx != 0, -127.0 / mx, torch.zeros_like(mx))
+        q = torch.round(iscale * b).clamp(max=127)  # torch.round: half to even, like nearest_int
+        d = torch.where(mx != 0, 1.0 / iscale, torch.zeros_like(mx))
+        return (q * d).reshape(x.shape).to(x.dtype)
+    d = torch.where(nonzero, 1.0 / iscale, torch.zeros_like(amax))
+    q = torch.mul(b, iscale, out=q).round_()  # torch.round: half to even, like nearest_int
+    return q.mul_(d).reshape(x.shape).to(x.dtype)
 
 
 def fake_activation(x: torch.Tensor, act_type: str) -> torch.Tensor:

@@ -118,38 +118,88 @@ def fake_int(x: torch.Tensor, bits: int, symmetric: bool = True, granularity: st
 # FP4 E2M1
 
 E2M1_VALUES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
-_E2M1_MIDS = (E2M1_VALUES[1:] + E2M1_VALUES[:-1]) / 2
 E2M1_MAX = 6.0
 E2M1_EMAX = 2  # exponent of the largest normal, 6 = 1.5 * 2^2
 
 
+def _as_float32(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.float32 else x.float()
+
+
+def _amax_last(a: torch.Tensor) -> torch.Tensor:
+    """``a.amax(dim=-1, keepdim=True)``. torch reduces rows of 16 several times slower than rows of
+    32 on CPU, so a 16-wide block is first halved twice (a maximum is exact in any order)."""
+    if a.shape[-1] == 16:
+        a = torch.maximum(a[..., :8], a[..., 8:])
+        a = torch.maximum(a[..., :4], a[..., 4:])
+    return a.amax(dim=-1, keepdim=True)
+
+
+# float32 bit patterns: the exponent field, one step of it, 1.0 and 4.0
+_F32_EXP_FIELD = 0x7F800000
+_F32_EXP_STEP = 0x00800000
+_F32_ONE = 0x3F800000
+_F32_FOUR = 0x40800000
+
+
+def _exponent_bits(y: torch.Tensor, work: torch.Tensor | None) -> torch.Tensor:
+    """The bits of ``y`` (float32) with only the exponent field kept: the power of two at or below
+    ``|y|`` for a normal ``y``, as int32; written into ``work`` (a float32 tensor like ``y``) if given."""
+    if work is None:
+        return y.view(torch.int32) & _F32_EXP_FIELD
+    return torch.bitwise_and(y.view(torch.int32), _F32_EXP_FIELD, out=work.view(torch.int32))
+
+
+def _round_e2m1_(y: torch.Tensor, work: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`round_e2m1` in place on a float32 temporary that holds no -0.0 (see below); ``work``,
+    a float32 temporary of ``y``'s shape, is overwritten (else one is allocated).
+
+    The E2M1 magnitudes are the multiples of a step ``h`` = 0.5 on [0, 2), 1 on [2, 4) and 2 on
+    [4, 6]; ``h`` is half the power of two at or below ``clamp(|y|, 1, 4)``, read from the exponent
+    bits. ``y / h`` and ``* h`` are exact (powers of two, no overflow, and a ``y`` whose quotient
+    would be subnormal rounds to zero anyway), so ``round(y / h) * h`` (half to even) is the nearest
+    multiple of ``h`` with ties to the even multiple, i.e. the even code: 0.25 -> 0, 0.75 -> 1,
+    1.25 -> 1, 1.75 -> 2, 2.5 -> 2, 3.5 -> 4, 5 -> 4; clamping to +-6 first saturates (6 -> 6, and
+    everything above 6 would round to 6 or 8). The sign is ``y``'s, so a negative ``y`` that rounds
+    to zero gives -0.0 as ``sign(y) * 0`` does; ``sign(-0.0)`` is +0.0, which is why ``y`` must not
+    hold -0.0 (callers add 0.0, turning -0.0 into +0.0 and changing nothing else)."""
+    y.clamp_(-E2M1_MAX, E2M1_MAX)
+    h = _exponent_bits(y, work).clamp_(_F32_ONE, _F32_FOUR).sub_(_F32_EXP_STEP).view(torch.float32)
+    return y.div_(h).round_().mul_(h)
+
+
 def round_e2m1(x: torch.Tensor) -> torch.Tensor:
-    """Round to the nearest E2M1 value (ties to the even code), saturating at +-6."""
-    a = x.float().abs()
-    mids = _E2M1_MIDS.to(a.device)
-    idx = torch.bucketize(a, mids)  # mids[i-1] < a <= mids[i] -> i
-    tie = a == mids[idx.clamp(max=len(mids) - 1)]
-    idx = torch.where(tie & (idx % 2 == 1), idx + 1, idx)
-    return torch.sign(x.float()) * E2M1_VALUES.to(a.device)[idx]
+    """Round to the nearest E2M1 value (ties to the even code), saturating at +-6; float32 out."""
+    return _round_e2m1_(_as_float32(x) + 0.0)  # + 0.0: a new tensor, and -0.0 -> +0.0 (sign(-0.0) = 0)
 
 
+@torch.no_grad()  # in-place temporaries, so no autograd graph (the rounding has zero gradient)
 def fake_mxfp4(x: torch.Tensor, block: int = 32) -> torch.Tensor:
-    xb, pad = _blocks(x.float(), block)
-    amax = xb.abs().amax(dim=-1, keepdim=True)
-    exp = torch.floor(torch.log2(amax.clamp_min(2.0**-127))) - E2M1_EMAX
-    scale = torch.exp2(exp.clamp(-127, 127))
-    return _unblocks(round_e2m1(xb / scale) * scale, pad).to(x.dtype)
+    xb, pad = _blocks(_as_float32(x), block)
+    work = xb.abs()
+    amax = _amax_last(work).clamp_min_(2.0**-127)
+    # frexp: amax = m * 2^e with m in [0.5, 1), so floor(log2(amax)) = e - 1 exactly (float32 log2
+    # rounds up to k for the few floats just below 2^k)
+    exp = (torch.frexp(amax).exponent - (1 + E2M1_EMAX)).float()
+    exp = torch.where(torch.isfinite(amax), exp, amax)  # an inf in the block: 2^127; a NaN: NaN (as log2)
+    scale = torch.exp2(exp.clamp_(-127, 127))
+    y = torch.div(xb, scale).add_(0.0)  # exact (a power of two); + 0.0: -0.0 -> +0.0 as sign() does
+    return _unblocks(_round_e2m1_(y, work).mul_(scale), pad).to(x.dtype)
 
 
+@torch.no_grad()  # in-place temporaries, so no autograd graph (the rounding has zero gradient)
 def fake_nvfp4(x: torch.Tensor, block: int = 16) -> torch.Tensor:
-    xf = x.float()
-    tensor_amax = xf.abs().amax()
+    xb, pad = _blocks(_as_float32(x), block)
+    work = xb.abs()
+    amax = _amax_last(work)
+    tensor_amax = amax.amax()  # = |x|.max(): the padding zeros change no maximum
     g = tensor_amax / (E2M1_MAX * E4M3_MAX) if tensor_amax > 0 else torch.tensor(1.0, device=x.device)
-    xb, pad = _blocks(xf, block)
-    block_scale = round_e4m3(xb.abs().amax(dim=-1, keepdim=True) / (E2M1_MAX * g))  # FP8 E4M3 code
+    block_scale = round_e4m3(amax / (E2M1_MAX * g))  # FP8 E4M3 code
     scale = block_scale * g
-    q = round_e2m1(torch.where(scale > 0, xb / scale, torch.zeros_like(xb)))
-    return _unblocks(q * scale, pad).to(x.dtype)
+    # a block whose scale is 0 quantizes to +0.0: divide it by inf (x / inf + 0.0 = +0.0, and its
+    # output is +0.0 * 0 = +0.0, or NaN where the scale is NaN, as before)
+    y = torch.div(xb, torch.where(scale > 0, scale, math.inf)).add_(0.0)  # -0.0 -> +0.0 as sign() does
+    return _unblocks(_round_e2m1_(y, work).mul_(scale), pad).to(x.dtype)
 
 
 def fake_lut(x: torch.Tensor, levels: torch.Tensor, block: int = 64) -> torch.Tensor:
@@ -189,22 +239,49 @@ def fake_fp4(x: torch.Tensor, block: int = 64) -> torch.Tensor:
 E4M3_MAX = 448.0
 E4M3_MIN_NORMAL_EXP = -6
 E4M3_MANTISSA_BITS = 3
+# float32 bits of the spacings 2^-9 (below 2^-6: the subnormals) and 2^5 (on [256, 512)), and of 2^3
+_E4M3_MIN_ULP = (127 + E4M3_MIN_NORMAL_EXP - E4M3_MANTISSA_BITS) * _F32_EXP_STEP
+_E4M3_MAX_ULP = (127 + 8 - E4M3_MANTISSA_BITS) * _F32_EXP_STEP
+_E4M3_MANTISSA_STEP = E4M3_MANTISSA_BITS * _F32_EXP_STEP
+
+
+def _round_e4m3_(t: torch.Tensor, work: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`round_e4m3` in place on a float32 temporary with no -0.0 and no infinity; ``work`` as
+    in :func:`_round_e2m1_`.
+
+    The spacing of E4M3 values at ``|t|`` is ``2^(e - 3)``, ``e`` the exponent of ``|t|`` clamped to
+    [-6, 8] (below 2^-6 the subnormals' 2^-9; from 2^8 up everything saturates anyway): the exponent
+    bits of ``|t|``, minus 3, clamped. ``round(t / ulp) * ulp`` is exact as in :func:`_round_e2m1_`,
+    then ``clamp`` saturates at +-448."""
+    ulp = _exponent_bits(t, work).sub_(_E4M3_MANTISSA_STEP).clamp_(_E4M3_MIN_ULP, _E4M3_MAX_ULP)
+    ulp = ulp.view(torch.float32)
+    return t.div_(ulp).round_().mul_(ulp).clamp_(-E4M3_MAX, E4M3_MAX)
 
 
 def round_e4m3(x: torch.Tensor) -> torch.Tensor:
-    """Round to the nearest FP8 E4M3 value, ties to even, saturating at +-448 (subnormals kept)."""
-    xf = x.float()
-    a = xf.abs()
-    exp = torch.floor(torch.log2(a.clamp_min(2.0**-30))).clamp(min=E4M3_MIN_NORMAL_EXP)
-    ulp = torch.exp2(exp - E4M3_MANTISSA_BITS)  # spacing of representable values near a
-    q = torch.round(a / ulp) * ulp  # torch.round: half to even, and a / ulp is an exact float
-    return torch.sign(xf) * q.clamp(max=E4M3_MAX)
+    """Round to the nearest FP8 E4M3 value, ties to even, saturating at +-448 (subnormals kept).
+
+    An infinite input gives NaN (and -0.0 gives +0.0)."""
+    xf = _as_float32(x)
+    t = torch.sub(xf, xf).add_(xf)  # x - x + x: x, but +0.0 for -0.0 and NaN for +-inf
+    return _round_e4m3_(t)
 
 
+@torch.no_grad()  # in-place temporaries, so no autograd graph (the rounding has zero gradient)
 def fake_fp8(x: torch.Tensor, granularity: str = "tensor") -> torch.Tensor:
-    amax = absmax(x.float(), granularity)
+    xf = _as_float32(x)
+    work = xf.abs()
+    if granularity == "tensor":
+        amax = work.amax().reshape([1] * xf.dim())
+    elif granularity == "row":
+        amax = work.amax(dim=-1, keepdim=True)
+    else:
+        amax = absmax(xf, granularity)
     scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
-    return (round_e4m3(x.float() / scale) * scale).to(x.dtype)
+    if not bool((scale > 0).all()):  # amax / 448 underflowed to 0: x / 0 is infinite, round_e4m3 -> NaN
+        return (round_e4m3(xf / scale) * scale).to(x.dtype)
+    t = torch.div(xf, scale).add_(0.0)  # finite; + 0.0: -0.0 -> +0.0 as sign() does
+    return _round_e4m3_(t, work).mul_(scale).to(x.dtype)
 
 
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
