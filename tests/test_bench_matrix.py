@@ -17,7 +17,8 @@ def test_bench_matrix_runs_every_cell_with_its_split(tiny_model_dir):
     assert cells["w8a8-static+smoothquant"]["calibration"] == "own pass"  # smoothing changes the inputs
     assert cells["w4a16"]["calibration"] == "none" and all(r["sqnr_s"] < 1e-3 for r in cells.values())
     assert all(r["plain_forward_s"] > 0 and r["evaluation_s"] > 0 for r in cells.values())
-    assert doc["floor_s"] == sum(r["plain_forward_s"] for r in cells.values())
+    assert doc["floor_s"] == sum(r["plain_forward_s"] for r in cells.values()) + doc["floor_calibration_forward_s"]
+    assert doc["floor_calibration_forward_s"] > 0
     assert doc["matrix_s"] > 0 and doc["ratio"] == doc["matrix_s"] / doc["floor_s"]
 
 

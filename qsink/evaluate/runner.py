@@ -105,9 +105,9 @@ def run_cells(
     log: Callable[[str], None] = print,
     progress_factory: Callable[[str, int], Callable[[int], None]] | None = None,
     on_cell: Callable[[CellOutcome], None] | None = None,
-    on_model: Callable[[Cell, object, object], None] | None = None,
+    on_model: Callable[[Cell, object, object, object], None] | None = None,
 ) -> list[CellOutcome]:
-    """Evaluate ``cells`` on each model (see the module docstring). ``on_model(cell, model, windows)`` is
+    """Evaluate ``cells`` on each model (see the module docstring). ``on_model(cell, model, windows, calib)`` is
     called with each cell's model once it is evaluated (``qsink bench matrix`` times a plain forward there)."""
     store.ensure_writable()
     resolved = [resolve(spec) for spec in model_specs]
@@ -265,7 +265,7 @@ def _run_cell(res, cell, ident, fp_model, tokenizer, windows, calib, settings, f
             prep_s = time.perf_counter() - t0
             result = perplexity(model, tokenizer, windows, settings.batch_size, on_batch=on_batch, observers=observers)
             if on_model is not None:
-                on_model(cell, model, windows)
+                on_model(cell, model, windows, calib)
             kept = kept_token_fraction(model) if quant_report is not None else None
             tasks, task_s = None, 0.0
             if settings.tasks:

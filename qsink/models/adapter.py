@@ -193,12 +193,12 @@ class FamilyAdapter:
         kinds = (nn.Linear,) + ((_conv1d_type(),) if _conv1d_type() else ())
         return {name: m for name, m in block.named_modules() if isinstance(m, kinds)}
 
-    @torch.no_grad()
     def has_conv1d(self, model: nn.Module) -> bool:
         """Whether :meth:`linearize_` would convert anything (GPT-2's Conv1D layers in the blocks)."""
         conv = _conv1d_type()
         return bool(conv) and any(isinstance(m, conv) for block in self.blocks(model) for m in block.modules())
 
+    @torch.no_grad()
     def linearize_(self, model: nn.Module) -> int:
         """Replace every ``Conv1D`` in the blocks (``y = x W + b``, W stored (in, out)) by the equivalent
         ``nn.Linear`` (weight ``W^T``), in place, so weight rewrites and quantizers see (out, in)

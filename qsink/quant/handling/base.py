@@ -52,6 +52,12 @@ class Handler:
     def after_calibration(self, qlinears: dict) -> None:
         pass
 
+    @property
+    def reads_calibration(self) -> bool:
+        """Whether :meth:`after_calibration` reads the calibration pass's statistics (a handler that does not
+        override it needs the pass only for a static scheme's scales)."""
+        return type(self).after_calibration is not Handler.after_calibration
+
     def report(self) -> dict:
         return {}
 
