@@ -370,6 +370,18 @@ _ENCODERS = {
 }
 
 
+def _checked(x, weights, qtype: str, block: int) -> tuple[Array, Array | None]:
+    """``x`` as float32 (rows, n) with n a multiple of ``block``, and ``weights`` (None, or one per column)."""
+    x = np.asarray(x, dtype=F)
+    if x.ndim != 2 or x.shape[1] % block:
+        raise ValueError(f"{qtype} needs a 2-D array whose rows are a multiple of {block} long; got shape {x.shape}")
+    if weights is not None:
+        weights = np.asarray(weights, dtype=F)
+        if weights.shape != (x.shape[1],):
+            raise ValueError(f"weights must have shape ({x.shape[1]},) (one per column); got {weights.shape}")
+    return x, weights
+
+
 def encode_k(x: np.ndarray, qtype: str, weights: np.ndarray | None = None) -> np.ndarray:
     """x: float32 (rows, n) with n % 256 == 0. Returns uint8 (rows, n // 256 * type_size) laid out
     exactly as GGUF stores the type, so ``gguf.quants.dequantize(result, GGMLQuantizationType[qtype])``
@@ -377,14 +389,9 @@ def encode_k(x: np.ndarray, qtype: str, weights: np.ndarray | None = None) -> np
     mean of x^2 of the linear's input over calibration text); None = llama.cpp without an imatrix."""
     if qtype not in K_TYPES:
         raise ValueError(f"unknown K-quant type {qtype!r}; expected one of {', '.join(K_TYPES)}")
-    x = np.asarray(x, dtype=F)
-    if x.ndim != 2 or x.shape[1] % QK_K:
-        raise ValueError(f"{qtype} needs a 2-D array whose rows are a multiple of {QK_K} long; got shape {x.shape}")
+    x, weights = _checked(x, weights, qtype, QK_K)
     rows, n = x.shape
     if weights is not None:
-        weights = np.asarray(weights, dtype=F)
-        if weights.shape != (n,):
-            raise ValueError(f"weights must have shape ({n},) (one per column); got {weights.shape}")
         weights = weights.reshape(-1, QK_K)  # super-block i of any row uses weights[i % (n // 256)]
     blocks = x.reshape(-1, QK_K)
     type_size = GGML_QUANT_SIZES[GGMLQuantizationType[qtype]][1]
@@ -411,13 +418,10 @@ def encode_legacy_weighted(x: np.ndarray, qtype: str, weights: np.ndarray) -> np
     x: float32 (rows, n), n % 32 == 0; weights: (n,). Returns the GGUF bytes (rows, n // 32 * size)."""
     if qtype not in LEGACY_WEIGHTED:
         raise ValueError(f"no weighted encoder for {qtype!r}; expected one of {', '.join(LEGACY_WEIGHTED)}")
-    x = np.asarray(x, dtype=F)
-    if x.ndim != 2 or x.shape[1] % QK:
-        raise ValueError(f"{qtype} needs a 2-D array whose rows are a multiple of {QK} long; got shape {x.shape}")
+    if weights is None:
+        raise ValueError(f"{qtype} with an importance matrix needs its weights; without them use gguf.quants.quantize")
+    x, weights = _checked(x, weights, qtype, QK)
     rows, n = x.shape
-    weights = np.asarray(weights, dtype=F)
-    if weights.shape != (n,):
-        raise ValueError(f"weights must have shape ({n},) (one per column); got {weights.shape}")
     nb = n // QK
     type_size = GGML_QUANT_SIZES[GGMLQuantizationType[qtype]][1]
     out = np.empty((rows, nb, type_size), dtype=np.uint8)
