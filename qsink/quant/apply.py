@@ -92,8 +92,10 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
     # the shared statistics are the fp model's: usable when nothing changed the linears' inputs (no rewrite, no
     # Conv1D conversion, whose arithmetic differs from nn.Linear's, no extra linear such as lm_head); fetched before
     # any linear is replaced, since the model being quantized may be the very model they are computed on
-    from_shared = (needs_calib and (scheme.act_static or handler.reads_calibration) and shared is not None
-                   and handler.inputs_unchanged and not converted and not include)
+    # the calibration pass feeds static scales and the handlers that read its statistics afterwards; a handler that
+    # only needed calibration data for its rewrite (smoothquant, token-keep) has what it needs already
+    calibrates = needs_calib and (scheme.act_static or handler.reads_calibration)
+    from_shared = calibrates and shared is not None and handler.inputs_unchanged and not converted and not include
     t_shared = time.perf_counter()
     if from_shared:
         needs = handler.shared_needs(scheme)
@@ -139,9 +141,7 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
     model.qsink_quant_context = ctx
     model.qsink_hooks = handler.install(model, ctx)
     t_calib = time.perf_counter()
-    # the calibration pass feeds static scales and the handlers that read its statistics afterwards; a handler that
-    # only needed calibration data for its rewrite (smoothquant, token-keep) has what it needs already
-    if needs_calib and (scheme.act_static or handler.reads_calibration):
+    if calibrates:
         if from_shared:
             for name, q in qlinears.items():
                 q.take_inputs(base[name])
@@ -180,8 +180,7 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
         "sqnr_db_min_linear": min((v, n) for n, v in sqnr_by_linear.items() if v is not None)[1] if finite else None,
         "weight_encode_s": encode_s,
         "timing": {"handling_s": handling_s, "encode_s": encode_s, "calibration_s": calibration_s, "sqnr_s": sqnr_s,
-                   "calibration": ("shared" if from_shared else "own pass")
-                   if needs_calib and (scheme.act_static or handler.reads_calibration) else "none"},
+                   "calibration": ("shared" if from_shared else "own pass") if calibrates else "none"},
     }
     if scheme.ftype is not None:  # every linear's GGUF type (after the handler, which may change them: imatrix)
         types = {n: q.weight_fmt.gguf_type for n, q in qlinears.items()} if qlinears else gguf_types

@@ -141,20 +141,21 @@ class CalibrationStats:
             self.seconds += time.perf_counter() - t0
         return self._spikes
 
+    def _declared_inputs(self) -> set[str]:
+        """The per-linear statistics a pass collects: those declared, and always the absmax."""
+        return (self.declared & {"absmax", "rows", "hessian", "sumsq"}) | {"absmax"}
+
     def inputs(self, *needs: str) -> dict[str, LinearInputs]:
         """Per block linear (``"layer.name"``): its fp inputs' statistics, with at least ``needs`` collected."""
-        want = set(needs) | (self.declared & {"absmax", "rows", "hessian", "sumsq"})
         if self._inputs is None or not set(needs) <= self._have:
-            kept = "kept-absmax" in self.declared and self._kept is None
-            self._pass(want | {"absmax"}, kept)
+            self._pass(set(needs) | self._declared_inputs(), kept="kept-absmax" in self.declared and self._kept is None)
         return self._inputs
 
     def kept_inputs(self) -> dict[str, LinearInputs]:
         """The absmax of each linear's inputs without the spike tokens' rows (static scales under token-keep)."""
         if self._kept is None:
             self.spike_tokens(*self.spike_settings)
-            self._pass(self._have if self._inputs is not None else (self.declared & {"absmax", "rows", "hessian", "sumsq"}) | {"absmax"},
-                       kept=True)
+            self._pass(self._have if self._inputs is not None else self._declared_inputs(), kept=True)
         return self._kept
 
     def input_absmax(self) -> dict[tuple[int, str], torch.Tensor]:
@@ -207,26 +208,3 @@ class CalibrationStats:
             self._kept = kept_inputs
         self.passes += 1
         self.seconds += time.perf_counter() - t0
-
-
-@torch.inference_mode()
-def linear_input_absmax(model, adapter, windows: Windows, batch_size: int = 4) -> dict[tuple[int, str], torch.Tensor]:
-    """Per-channel absmax of the input of every linear in the blocks, over ``windows``."""
-    stats: dict[tuple[int, str], torch.Tensor] = {}
-    handles = []
-
-    def hook(key):
-        def fn(module, args):
-            a = args[0].detach().float().abs().amax(dim=tuple(range(args[0].dim() - 1)))
-            stats[key] = a if key not in stats else torch.maximum(stats[key], a)
-        return fn
-
-    try:
-        for l, block in enumerate(adapter.blocks(model)):
-            for name, lin in adapter.linears(block).items():
-                handles.append(lin.register_forward_pre_hook(hook((l, name))))
-        run_windows(model, windows, batch_size)
-    finally:
-        for h in handles:
-            h.remove()
-    return stats

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from qsink.models.adapter import text_config
-from qsink.quant.calibration import linear_input_absmax
+from qsink.quant.calibration import CalibrationStats
 from qsink.quant.handling.base import Handler, needs_acts, register
 
 EPS = 1e-5
@@ -59,7 +59,7 @@ class SmoothQuant(Handler):
     def prepare(self, model, adapter, calib, scheme) -> None:
         adapter.require_rewrites(self.name)
         # the fp model's per-channel maxima: shared by every cell of the model when the caller has them
-        stats = self.shared.input_absmax() if self.shared is not None else linear_input_absmax(model, adapter, calib)
+        stats = (self.shared or CalibrationStats(model, adapter, calib)).input_absmax()
         cfg = text_config(model)
         n_heads, n_kv = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         for l, block in enumerate(adapter.blocks(model)):
