@@ -355,7 +355,8 @@ def bench_matrix(model: str, schemes=MATRIX_SCHEMES, handling=MATRIX_HANDLING, m
     with tempfile.TemporaryDirectory(prefix="qsink-bench-matrix-") as tmp:
         t0 = time.perf_counter()
         outcomes = run_cells([res], cells, text, settings, RecordStore(tmp), calib_text=calib_text, log=log,
-                             progress_factory=progress_factory, on_model=plain_forward)
+                             progress_factory=progress_factory, on_model=plain_forward,
+                             calib_cache=Path(tmp) / "calibration")  # cold: the statistics are computed and written
         total = time.perf_counter() - t0
         from qsink.measure.document import PROFILE_SCHEMA
 
@@ -369,7 +370,8 @@ def bench_matrix(model: str, schemes=MATRIX_SCHEMES, handling=MATRIX_HANDLING, m
         q = r["config"].get("quant") or {}
         qt = q.get("timing", {})
         rows.append({"cell": o.cell.label, "status": r["status"], "copy_s": r["timing"].get("copy_s", 0.0),
-                     "handling_s": qt.get("handling_s", 0.0), "encode_s": qt.get("encode_s", 0.0),
+                     "handling_s": qt.get("handling_s", 0.0), "rewrite_s": qt.get("rewrite_s", 0.0),
+                     "rewrite": qt.get("rewrite", "none"), "encode_s": qt.get("encode_s", 0.0),
                      "calibration_s": qt.get("calibration_s", 0.0), "calibration": qt.get("calibration", "none"),
                      "sqnr_s": qt.get("sqnr_s", 0.0), "evaluation_s": r["timing"].get("wall_s", 0.0),
                      "write_s": o.write_s, "plain_forward_s": floor.get(o.cell.label)})

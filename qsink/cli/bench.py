@@ -129,7 +129,7 @@ def bench_matrix_cmd(
                            progress_factory=windows_progress(progress))
     write_json(doc, out_file)
     for row in doc["per_cell"]:
-        stdout.print(f"{row['cell']:28s} copy {row['copy_s']:5.2f}  handling {row['handling_s']:5.2f}  encode "
+        stdout.print(f"{row['cell']:28s} copy {row['copy_s']:5.2f}  handling {row['handling_s'] + row['rewrite_s']:5.2f}  encode "
                      f"{row['encode_s']:5.2f}  calibration {row['calibration_s']:5.2f} ({row['calibration']})  sqnr "
                      f"{row['sqnr_s']:5.2f}  evaluation {row['evaluation_s']:6.2f}  write {row['write_s']:.3f}  "
                      f"plain forward {row['plain_forward_s'] or 0:6.2f}", highlight=False)

@@ -10,7 +10,6 @@ written atomically, so an interrupted run leaves only complete records behind.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,12 +26,13 @@ from qsink.evaluate.agreement import Agreement, Reference, ReferenceBuilder
 from qsink.evaluate.lmeval import run_tasks
 from qsink.evaluate.perplexity import perplexity
 from qsink.evaluate.settings import EvalSettings
+from qsink.files import qsink_home
 from qsink.measure.workflow import MeasureOptions, measure_model
 from qsink.models import ResolvedModel, check_ctx, load, resolve
 from qsink.evaluate.plan import Cell
-from qsink.evaluate.quantized import calibration_for, quantize_for, shared_calibration
+from qsink.evaluate.quantized import Starts, calibration_for, quantize_for
 from qsink.quant import get_scheme
-from qsink.quant.apply import kept_token_fraction, restorable, restore_
+from qsink.quant.apply import kept_token_fraction, restore_
 from qsink.records.record import PROFILE_FIELDS, cell_key, make_record
 from qsink.records.store import RecordStore
 
@@ -106,9 +106,14 @@ def run_cells(
     progress_factory: Callable[[str, int], Callable[[int], None]] | None = None,
     on_cell: Callable[[CellOutcome], None] | None = None,
     on_model: Callable[[Cell, object, object, object], None] | None = None,
+    calib_cache: Path | bool = True,
 ) -> list[CellOutcome]:
     """Evaluate ``cells`` on each model (see the module docstring). ``on_model(cell, model, windows, calib)`` is
-    called with each cell's model once it is evaluated (``qsink bench matrix`` times a plain forward there)."""
+    called with each cell's model once it is evaluated (``qsink bench matrix`` times a plain forward there).
+    ``calib_cache``: where the calibration statistics are kept between runs (True: ``$QSINK_HOME/calibration``;
+    False: nowhere)."""
+    cache_dir = (qsink_home() / "calibration" if calib_cache is True else None) if isinstance(calib_cache, bool) \
+        else Path(calib_cache)
     store.ensure_writable()
     resolved = [resolve(spec) for spec in model_specs]
     if any(c.scheme != "fp" for c in cells) and calib_text is None:
@@ -136,14 +141,14 @@ def run_cells(
         check_ctx(model, settings.ctx, res.name)
         windows = make_windows(tokenizer, text, settings.ctx, settings.max_tokens)
         prof = model_profile(res, text, settings, store, (model, tokenizer), log, progress_factory)
-        calib = shared = None
+        calib = None
         if calib_text is not None and any(c.scheme != "fp" for c, _ in todo):
             calib = calibration_for(tokenizer, settings, calib_text)
-            shared = shared_calibration(model, tokenizer, [c for c, _ in todo], settings, calib)
+        starts = Starts(model, tokenizer, [c for c, _ in todo], settings, calib, res.sha256, cache_dir)
         refs = References(store, res, windows, settings)
         for cell, ident in todo:
             record = _run_cell(res, cell, ident, model, tokenizer, windows, calib, settings, fp_record, progress_factory,
-                               log, refs, shared, on_model)
+                               log, refs, starts, on_model)
             if prof is not None:
                 record["profile"] = prof
             if cell.scheme == "fp" and record["status"] == "ok":
@@ -161,7 +166,8 @@ def run_cells(
 def run_matrix(model_specs: list[str], cells: list[Cell], settings: EvalSettings, store: RecordStore,
                data: str | None = None, text_file: str | Path | None = None, log: Callable[[str], None] = print,
                progress_factory: Callable[[str, int], Callable[[int], None]] | None = None,
-               on_cell: Callable[[CellOutcome], None] | None = None) -> tuple[Text, list[CellOutcome]]:
+               on_cell: Callable[[CellOutcome], None] | None = None,
+               calib_cache: Path | bool = True) -> tuple[Text, list[CellOutcome]]:
     """``qsink evaluate``: resolve the models and texts (bad paths fail before any text is fetched), then
     :func:`run_cells`. Returns the evaluation text and one outcome per (model, cell)."""
     store.ensure_writable()
@@ -169,7 +175,7 @@ def run_matrix(model_specs: list[str], cells: list[Cell], settings: EvalSettings
     text = resolve_data(data, str(text_file) if text_file else None, log=log)
     calib_text = resolve_data(settings.calib_data, None, log=log) if any(c.scheme != "fp" for c in cells) else None
     return text, run_cells(resolved, cells, text, settings, store, calib_text=calib_text, log=log,
-                           progress_factory=progress_factory, on_cell=on_cell)
+                           progress_factory=progress_factory, on_cell=on_cell, calib_cache=calib_cache)
 
 
 class References:
@@ -233,7 +239,7 @@ def model_fields(config) -> dict:
 
 
 def _run_cell(res, cell, ident, fp_model, tokenizer, windows, calib, settings, fp_record, progress_factory,
-              log=print, refs: References | None = None, shared=None, on_model=None) -> dict:
+              log=print, refs: References | None = None, starts: Starts | None = None, on_model=None) -> dict:
     scheme = get_scheme(cell.scheme)
     on_batch = progress_factory(f"{res.name} · {cell.label}", windows.n_windows) if progress_factory else None
     config = {
@@ -253,15 +259,15 @@ def _run_cell(res, cell, ident, fp_model, tokenizer, windows, calib, settings, f
         elif refs is not None:
             agree = refs.agreement_for(fp_model, tokenizer, settings.batch_size, log)
             observers = [agree]
-        t_copy = time.perf_counter()
-        # a handling that rewrites nothing quantizes the fp model itself and is undone exactly afterwards; the
-        # exact live KLD (--kld-topk 0) runs the fp model beside the cell, so it needs a copy
-        in_place = cell.scheme == "fp" or (settings.backend == "fake" and settings.kld_topk != 0
-                                           and restorable(fp_model, cell.handling, settings.include))
-        model = fp_model if in_place else copy.deepcopy(fp_model)
-        copy_s = time.perf_counter() - t_copy
+        # a handling that rewrites nothing quantizes the fp model itself, one that rewrites it as other cells do
+        # quantizes the rewritten model they share, and either is undone exactly afterwards; the exact live KLD
+        # (--kld-topk 0) runs the fp model beside the cell, so that cell quantizes a copy
+        start = starts.start(cell, live_fp=settings.kld_topk == 0)
+        model, in_place = start.model, start.in_place
         try:
-            quant_report = quantize_for(model, tokenizer, cell, settings, calib, shared=shared)
+            quant_report = quantize_for(model, tokenizer, cell, settings, calib, shared=start.shared)
+            if quant_report is not None and start.rewrite_s:
+                quant_report["timing"]["rewrite_s"] = start.rewrite_s
             prep_s = time.perf_counter() - t0
             result = perplexity(model, tokenizer, windows, settings.batch_size, on_batch=on_batch, observers=observers)
             if on_model is not None:
@@ -283,7 +289,7 @@ def _run_cell(res, cell, ident, fp_model, tokenizer, windows, calib, settings, f
         return make_record(ident, config, None, {"wall_s": time.perf_counter() - t0}, status="failed", error=str(e))
     metrics = result.to_dict()
     timing = {"wall_s": metrics.pop("wall_s"), "tokens_per_s": metrics.pop("tokens_per_s"), "prepare_s": prep_s,
-              "copy_s": copy_s}
+              "copy_s": start.copy_s}
     if agree is not None:
         summary = agree.summary()
         metrics.update(agreement.flat_metrics(summary), agreement=summary)

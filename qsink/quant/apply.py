@@ -80,9 +80,18 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         kv = QuantFormat(scheme.kv.dtype, scheme.kv.bits, scheme.kv.symmetric, per_group(head_dim))
     t0 = time.perf_counter()
+    base = getattr(model, "qsink_base", None)  # (rewrite key, prepared handler) of a model rewrite_base_ made
+    if base is not None:
+        if handler.rewrite_key() != base[0]:
+            raise QsinkError(f"this model was rewritten for {base[1].name} (rewrite {base[0]}) and only handlings that "
+                             f"rewrite it the same way can start from it, not {handler.name}; quantize the fp model")
+        handler.adopt(base[1])
     converted = ad.linearize_(model)  # GPT-2's Conv1D -> nn.Linear (function-preserving), before any rewrite
-    handler.prepare(model, ad, calib, scheme)
+    if base is None:
+        handler.prepare(model, ad, calib, scheme)
     handling_s = time.perf_counter() - t0
+    # the linears' inputs are the fp model's, or those of the rewritten model this one is
+    unchanged = handler.inputs_unchanged or base is not None
     ctx = QuantContext()
     qlinears: dict[str, QLinear] = {}
     blocks = ad.blocks(model)
@@ -95,7 +104,8 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
     # the calibration pass feeds static scales and the handlers that read its statistics afterwards; a handler that
     # only needed calibration data for its rewrite (smoothquant, token-keep) has what it needs already
     calibrates = needs_calib and (scheme.act_static or handler.reads_calibration)
-    from_shared = calibrates and shared is not None and handler.inputs_unchanged and not converted and not include
+    from_shared = (calibrates and shared is not None and unchanged and not converted and not include
+                   and shared.basis == (base[0] if base else None))
     t_shared = time.perf_counter()
     if from_shared:
         needs = handler.shared_needs(scheme)
@@ -106,7 +116,7 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
     # set before any linear is replaced, so that a failure half-way can still be undone; exactly undoable when
     # nothing was rewritten, no Conv1D converted and nothing outside the blocks is replaced
     model.qsink_originals = originals
-    model.qsink_restorable = handler.inputs_unchanged and not converted and not include
+    model.qsink_restorable = unchanged and not converted and not include
     t_encode = time.perf_counter()
     for l, block in enumerate(blocks):
         for name, lin in list(ad.linears(block).items()):
@@ -180,7 +190,9 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
         "sqnr_db_min_linear": min((v, n) for n, v in sqnr_by_linear.items() if v is not None)[1] if finite else None,
         "weight_encode_s": encode_s,
         "timing": {"handling_s": handling_s, "encode_s": encode_s, "calibration_s": calibration_s, "sqnr_s": sqnr_s,
-                   "calibration": ("shared" if from_shared else "own pass") if calibrates else "none"},
+                   "calibration": ("shared" if from_shared else "own pass") if calibrates else "none",
+                   "calibration_cached": bool(from_shared and shared.loaded),
+                   "rewrite": "shared" if base is not None else ("own" if not handler.inputs_unchanged else "none")},
     }
     if scheme.ftype is not None:  # every linear's GGUF type (after the handler, which may change them: imatrix)
         types = {n: q.weight_fmt.gguf_type for n, q in qlinears.items()} if qlinears else gguf_types
@@ -211,10 +223,39 @@ def _bits_per_weight(qlinears: dict) -> float | None:
 
 def restorable(model: nn.Module, handling: str | Handler, include: tuple[str, ...] = ()) -> bool:
     """Whether quantizing ``model`` in place and :func:`restore_` give it back exactly: the handler rewrites
-    nothing (QLinears copy their weights, the replaced modules are kept as they were), no GPT-2 Conv1D needs
-    converting and no module outside the blocks is replaced."""
+    nothing (QLinears copy their weights, the replaced modules are kept as they were) or ``model`` is the
+    rewritten model it adopts (:func:`rewrite_base_`), no GPT-2 Conv1D needs converting and no module outside
+    the blocks is replaced."""
     handler = handling if isinstance(handling, Handler) else make_handler(handling)
-    return handler.inputs_unchanged and not include and not adapter_for(model).has_conv1d(model)
+    base = getattr(model, "qsink_base", None)
+    unchanged = handler.rewrite_key() == base[0] if base is not None else handler.inputs_unchanged
+    return unchanged and not include and not adapter_for(model).has_conv1d(model)
+
+
+@torch.no_grad()
+def rewrite_base_(model: nn.Module, handler: Handler) -> nn.Module:
+    """Rewrite ``model`` in place as ``handler.prepare`` would (for a handler with a :meth:`~Handler.rewrite_key`),
+    once for every cell whose handler rewrites it the same way: each :func:`quantize_` of it adopts the rewrite
+    instead of preparing a copy of its own, and :func:`restore_` gives the rewritten model back. The input
+    transforms its QLinears would apply (Hadamard's online rotation before down_proj) run as hooks on the plain
+    linears, so the rewritten model computes the fp function and its calibration statistics are those a
+    QLinear's own pass records."""
+    key = handler.rewrite_key()
+    if key is None:
+        raise QsinkError(f"{handler.name}'s rewrite depends on the scheme or the calibration data; it cannot be shared")
+    if getattr(model, "qsink_base", None) is not None or getattr(model, "qsink_originals", None) is not None:
+        raise QsinkError("this model is already rewritten or quantized; rewrite a copy of the fp model")
+    ad = adapter_for(model)
+    handler.check_model(ad)
+    ad.linearize_(model)
+    handler.prepare(model, ad, None, None)
+    for l, block in enumerate(ad.blocks(model)):
+        for name, lin in ad.linears(block).items():
+            transform = handler.linear_options(l, name).get("input_transform")
+            if transform is not None:
+                lin.register_forward_pre_hook(lambda module, args, t=transform: (t(args[0]),) + tuple(args[1:]))
+    model.qsink_base = (key, handler)
+    return model
 
 
 def restore_(model: nn.Module) -> nn.Module:

@@ -14,7 +14,11 @@ gets the numbers its own pass would have given, bit for bit.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -100,8 +104,12 @@ class CalibrationStats:
     pass collects it all; whatever is asked for later without having been declared costs another pass (never a
     wrong answer). ``passes`` and ``seconds`` say what it cost."""
 
-    def __init__(self, model, adapter, calib, batch_size: int = 4, tokenizer=None):
+    def __init__(self, model, adapter, calib, batch_size: int = 4, tokenizer=None, cache: "CalibrationCache | None" = None):
         self.model, self.adapter, self.calib, self.batch_size, self.tokenizer = model, adapter, calib, batch_size, tokenizer
+        # the rewrite ``model`` carries (qsink.quant.apply.rewrite_base_), None for the fp model: a cell takes these
+        # statistics only if it starts from a model rewritten the same way
+        base = getattr(model, "qsink_base", None)
+        self.basis = None if base is None else base[0]
         self.declared: set[str] = set()
         self.spike_settings: tuple[float, float] = (100.0, 1000.0)
         self._inputs: dict[str, LinearInputs] | None = None
@@ -109,6 +117,17 @@ class CalibrationStats:
         self._kept: dict[str, LinearInputs] | None = None
         self._spikes: dict | None = None
         self.passes, self.seconds = 0, 0.0
+        self.cache, self.loaded = cache, False  # loaded: what a pass would give came from the cache
+        if cache is not None:
+            found = cache.load(next(model.parameters()).device)
+            if found is not None:
+                self._inputs, self._have, self._kept = found["inputs"], found["have"], found["kept"]
+                self._spikes, self.spike_settings = found["spikes"], found["spike_settings"]
+                self.loaded = True
+
+    def _saved(self) -> None:
+        if self.cache is not None:
+            self.cache.save(self._inputs, self._have, self._kept, self._spikes, self.spike_settings)
 
     def declare(self, needs) -> None:
         unknown = set(needs) - set(NEEDS)
@@ -139,6 +158,7 @@ class CalibrationStats:
             self._kept = None  # the kept-token statistics belong to the spikes they were computed with
             self.passes += 1
             self.seconds += time.perf_counter() - t0
+            self._saved()
         return self._spikes
 
     def _declared_inputs(self) -> set[str]:
@@ -208,3 +228,107 @@ class CalibrationStats:
             self._kept = kept_inputs
         self.passes += 1
         self.seconds += time.perf_counter() - t0
+        self._saved()
+
+
+CACHE_FORMAT = 1  # bump when what a pass records changes in a way this module's source does not show
+
+
+def _source_sha(*modules) -> str:
+    import inspect
+
+    h = hashlib.sha256(str(CACHE_FORMAT).encode())
+    for m in modules:
+        h.update(Path(inspect.getsourcefile(m)).read_bytes())
+    return h.hexdigest()
+
+
+class CalibrationCache:
+    """:class:`CalibrationStats` kept on disk, so that processes evaluating one cell each (a sweep's jobs) share
+    one calibration pass. The file is named by where the statistics come from (model, calibration windows,
+    rewrite, dtype, device, batch size: ``where``) and holds them with that identity and the code version that
+    computed them; a file whose identity differs (stale code, or a file copied from elsewhere) is recomputed and
+    replaced. A file that cannot be read is an error naming the file to delete. Tensors only
+    (``torch.load(weights_only=True)``): loading runs no pickled code."""
+
+    def __init__(self, directory: Path, where: dict, modules=()):
+        import sys
+
+        import transformers
+
+        self.identity = {"where": where, "code": _source_sha(sys.modules[__name__], *modules), "torch": str(torch.__version__),
+                         "transformers": str(transformers.__version__)}
+        key = hashlib.sha256(json.dumps(where, sort_keys=True, default=str).encode()).hexdigest()[:24]
+        self.path = Path(directory) / f"{key}.pt"
+        self.stale = False
+
+    def load(self, device="cpu") -> dict | None:
+        """The statistics, with the per-channel tensors on ``device`` (the row samples stay on the CPU, as a pass
+        keeps them); None when there is no file or it holds another identity."""
+        from qsink.errors import QsinkError
+
+        if not self.path.exists():
+            return None
+        try:
+            doc = torch.load(self.path, map_location="cpu", weights_only=True)
+            if doc.get("identity") == self.identity:
+                return {"inputs": _inputs_from(doc["inputs"], device), "have": set(doc["have"]),
+                        "kept": _inputs_from(doc["kept"], device),
+                        "spikes": doc["spikes"], "spike_settings": tuple(doc["spike_settings"])}
+        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same answer
+            raise QsinkError(f"the calibration cache {self.path} is unreadable ({type(e).__name__}: {str(e)[:80]}); "
+                             f"delete it (rm '{self.path}') and run again to recompute it") from None
+        self.stale = True  # another code version or another source: recomputed and replaced
+        return None
+
+    def save(self, inputs, have, kept, spikes, spike_settings) -> None:
+        from qsink.files import atomic_write_bytes
+
+        doc = {"identity": self.identity, "inputs": _inputs_to(inputs), "have": sorted(have), "kept": _inputs_to(kept),
+               "spikes": spikes, "spike_settings": list(spike_settings)}
+        buf = io.BytesIO()
+        torch.save(doc, buf)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.path, buf.getvalue())
+
+
+def _inputs_to(inputs: dict[str, LinearInputs] | None) -> dict | None:
+    """Plain data for :func:`torch.save`; a tensor equal to one already written for a linear of the same layer (q, k
+    and v read the same input, so their absmax, Hessian and imatrix are equal) is written once."""
+    if inputs is None:
+        return None
+    out, seen = {}, {}
+    for name, st in inputs.items():
+        layer = name.split(".", 1)[0]
+        entry = {"rows": [r.cpu() for r in st.calib_rows], "sumsq_rows": st.sumsq_rows}
+        for field in ("calib_absmax", "hessian", "sumsq"):
+            t = getattr(st, field)
+            if t is not None:
+                t = t.cpu()
+                same = [u for u in seen.get((layer, field), []) if u.shape == t.shape and u.dtype == t.dtype and torch.equal(u, t)]
+                t = same[0] if same else t
+                if not same:
+                    seen.setdefault((layer, field), []).append(t)
+            entry[field] = t
+        out[name] = entry
+    return out
+
+
+def _inputs_from(doc: dict | None, device) -> dict[str, LinearInputs] | None:
+    if doc is None:
+        return None
+    out, moved = {}, {}
+
+    def on_device(t):  # tensors written once for several linears stay one tensor
+        if t is None:
+            return None
+        if id(t) not in moved:
+            moved[id(t)] = t.to(device)
+        return moved[id(t)]
+
+    for name, entry in doc.items():
+        st = LinearInputs()
+        st.calib_absmax, st.hessian, st.sumsq = (on_device(entry[f]) for f in ("calib_absmax", "hessian", "sumsq"))
+        st.calib_rows, st.sumsq_rows = list(entry["rows"]), int(entry["sumsq_rows"])
+        out[name] = st
+    return out

@@ -79,13 +79,15 @@ def test_exact_kld_and_records_made_before_the_agreement_metrics(tiny_model_dir,
 
 def test_shared_calibration_and_in_place_cells_write_the_records_a_copy_per_cell_writes(tiny_model_dir, sample_text_file,
                                                                                           tmp_path, monkeypatch):
-    """The matrix with shared calibration statistics and in-place quantization gives the same records (every number
-    but the timings) as one that copies the model and calibrates in every cell, as before they existed."""
-    import qsink.evaluate.runner as runner
+    """The matrix with shared calibration statistics, in-place quantization and one shared rotation gives the same
+    records (every number but the timings) as one that copies the model, rewrites and calibrates in every cell, as
+    before they existed."""
+    import qsink.evaluate.quantized as quantized
 
     opts = dict(ctx=32, max_tokens=128, calib=2, calib_data=f"file:{sample_text_file}", profile_samples=2, sqnr=True)
     cells, _, _, settings = plan_matrix({"schemes": ["w8a8-static", "w4a8", "w4a16"],
-                                         "handling": ["none", "token-keep", "gptq", "smoothquant"], **opts})
+                                         "handling": ["none", "token-keep", "gptq", "smoothquant", "hadamard", "quarot"],
+                                         **opts})
 
     def records(out):
         _, outcomes = run_matrix([str(tiny_model_dir)], cells, settings, RecordStore(out), text_file=sample_text_file,
@@ -93,12 +95,17 @@ def test_shared_calibration_and_in_place_cells_write_the_records_a_copy_per_cell
         return {o.cell.label: o.record for o in outcomes}
 
     fast = records(tmp_path / "fast")
-    monkeypatch.setattr(runner, "shared_calibration", lambda *a, **k: None)
-    monkeypatch.setattr(runner, "restorable", lambda *a, **k: False)
+    monkeypatch.setattr(quantized, "shared_calibration", lambda *a, **k: None)
+    monkeypatch.setattr(quantized, "restorable", lambda *a, **k: False)
+    monkeypatch.setattr(quantized, "rewrite_key", lambda *a, **k: None)
     slow = records(tmp_path / "slow")
-    assert len(fast) == len(slow) >= 8
-    shared = [c for c, r in fast.items() if r["config"].get("quant", {}).get("timing", {}).get("calibration") == "shared"]
-    assert {"w8a8-static", "w8a8-static+token-keep", "w4a16+gptq"} <= set(shared)
+    assert len(fast) == len(slow) >= 14
+    timing = {c: r["config"].get("quant", {}).get("timing", {}) for c, r in fast.items()}
+    shared = [c for c, t in timing.items() if t.get("calibration") == "shared"]
+    assert {"w8a8-static", "w8a8-static+token-keep", "w4a16+gptq", "w8a8-static+hadamard", "w4a8+quarot"} <= set(shared)
+    rotated = [c for c in fast if c.endswith(("+hadamard", "+quarot"))]
+    assert len(rotated) == 6 and all(timing[c]["rewrite"] == "shared" for c in rotated)
+    assert sum("rewrite_s" in timing[c] for c in rotated) == 1  # one rotation for all six
     assert all(r["timing"]["copy_s"] < 0.05 for c, r in fast.items() if c in ("w8a8-static", "w4a8+gptq"))  # in place
     for label, r in fast.items():
         s = slow[label]
@@ -110,3 +117,22 @@ def test_shared_calibration_and_in_place_cells_write_the_records_a_copy_per_cell
             if isinstance(d.get("handling"), dict) and "profile_s" in d["handling"]:
                 d["handling"] = {k: v for k, v in d["handling"].items() if not k.endswith("_s")}
         assert q == qs, label
+
+
+def test_a_second_process_reads_the_calibration_statistics_from_disk(tiny_model_dir, sample_text_file, tmp_path):
+    """As a sweep runs one cell per job: the second run of a static cell (another records directory, so it runs
+    again) takes the statistics the first one wrote, and writes the same record."""
+    opts = dict(ctx=32, max_tokens=128, calib=2, calib_data=f"file:{sample_text_file}", profile_samples=0)
+    cells, _, _, settings = plan_matrix({"schemes": ["w8a8-static"], "handling": ["none", "hadamard"], **opts})
+
+    def run(out):
+        _, outcomes = run_matrix([str(tiny_model_dir)], cells, settings, RecordStore(out), text_file=sample_text_file,
+                                 log=lambda m: None, calib_cache=tmp_path / "calibration")
+        return {o.cell.label: o.record for o in outcomes if o.cell.scheme != "fp"}
+
+    first, second = run(tmp_path / "a"), run(tmp_path / "b")
+    assert len(list((tmp_path / "calibration").glob("*.pt"))) == 2  # the fp model's and the rotated model's
+    for label, r in second.items():
+        assert r["config"]["quant"]["timing"]["calibration_cached"], label
+        assert not first[label]["config"]["quant"]["timing"]["calibration_cached"], label
+        assert r["key"] == first[label]["key"] and r["metrics"] == first[label]["metrics"], label

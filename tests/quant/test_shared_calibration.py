@@ -127,3 +127,128 @@ def test_a_rewriting_handling_is_not_restored_in_place(model, tok, calib):
     quantize_(m, get_scheme("w8a8"), "smoothquant", calib, tok, sqnr=False)
     with pytest.raises(QsinkError, match="cannot be restored in place"):
         restore_(m)
+
+
+def _base_models(tok, model):
+    from tests.conftest import tiny_gemma3, tiny_gpt2
+
+    return {"llama": model, "gemma3 (online rotation)": tiny_gemma3(tok), "gpt2 (Conv1D)": tiny_gpt2(tok)}
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3 (online rotation)", "gpt2 (Conv1D)"])
+def test_cells_sharing_one_rotation_are_the_cells_that_rotate_their_own_copy(model, tok, windows, calib, family):
+    """Hadamard's rotation is the same for every scheme: the cells start from one rotated model (rewrite_base_),
+    quantized in place with the statistics of one shared pass, and give the logits, weights and reports of cells
+    that rotate and calibrate a copy each; restore_ gives the rotated model back exactly."""
+    from qsink.quant import restore_
+    from qsink.quant.apply import rewrite_base_
+
+    fp = _base_models(tok, model)[family]
+    ids = windows.input_ids[:2, :24]
+    cells = [("w8a8-static", "hadamard"), ("w4a4", "hadamard"), ("nvfp4", "hadamard"), ("w4a8", "quarot"),
+             ("w8a8-static", "quarot")]
+    base = rewrite_base_(copy.deepcopy(fp), make_handler("hadamard"))
+    assert (logits_of(base, ids) - logits_of(fp, ids)).abs().max() < 1e-4  # the rotated model is the fp function
+    base_logits = logits_of(base, ids)
+    shared = CalibrationStats(base, adapter_for(base), calib, tokenizer=tok)
+    for scheme, handling in cells:
+        shared.declare(make_handler(handling).shared_needs(get_scheme(scheme)))
+    for scheme, handling in cells:
+        own, own_report = _quantized(fp, tok, calib, scheme, handling, None)
+        report = quantize_(base, get_scheme(scheme), handling, calib, tok, sqnr=False, shared=shared)
+        try:
+            assert torch.equal(logits_of(own, ids), logits_of(base, ids)), (family, scheme, handling)
+            assert own_report["handling"] == report["handling"] and report["timing"]["rewrite"] == "shared"
+            assert report["timing"]["calibration"] == own_report["timing"]["calibration"].replace("own pass", "shared")
+            mine = dict(base.named_modules())
+            for name, m in own.named_modules():
+                if hasattr(m, "weight_q"):
+                    assert torch.equal(m.weight_q, mine[name].weight_q), (family, scheme, handling, name)
+        finally:
+            restore_(base)
+        assert torch.equal(logits_of(base, ids), base_logits)
+    assert shared.passes == 1  # one pass of the rotated model for every static and GPTQ cell
+
+
+def test_a_rotated_model_takes_only_the_handlings_that_rotate_it_the_same_way(model, tok, calib):
+    from qsink.errors import QsinkError
+    from qsink.quant.apply import rewrite_base_
+
+    base = rewrite_base_(copy.deepcopy(model), make_handler("hadamard"))
+    for handling, options in [("none", None), ("smoothquant", None), ("hadamard", {"seed": 1})]:
+        with pytest.raises(QsinkError, match="rewritten for hadamard"):
+            quantize_(base, get_scheme("w8a8"), handling, calib, tok, options=options, sqnr=False)
+    assert getattr(base, "qsink_originals", None) is None  # refused before anything changed
+    with pytest.raises(QsinkError, match="already rewritten"):
+        rewrite_base_(base, make_handler("hadamard"))
+    with pytest.raises(QsinkError, match="cannot be shared"):
+        rewrite_base_(copy.deepcopy(model), make_handler("smoothquant"))
+
+
+def _cache_for(model, directory, calib):
+    from qsink.evaluate.quantized import calibration_cache
+    from qsink.evaluate.settings import EvalSettings
+
+    return calibration_cache(directory, model, "sha-of-" + model.config.model_type, EvalSettings(), calib)
+
+
+def _stats(model, tok, calib, cache, cells):
+    stats = CalibrationStats(model, adapter_for(model), calib, tokenizer=tok, cache=cache)
+    for scheme, handling in cells:
+        stats.declare(make_handler(handling).shared_needs(get_scheme(scheme)))
+    return stats
+
+
+def test_the_statistics_written_to_disk_are_the_statistics_of_a_pass(model, tok, windows, calib, tmp_path):
+    """A second process (here: a second CalibrationStats) reads the statistics back instead of running a pass, and
+    its cells are the cells of a calibration pass of their own, bit for bit."""
+    cells = [("w8a8-static", "none"), ("w4a16", "gptq"), ("gguf-q4_0", "imatrix"), ("w4a8", "clip"),
+             ("w8a8-static", "token-keep")]
+    first = _stats(model, tok, calib, _cache_for(model, tmp_path, calib), cells)
+    for scheme, handling in cells:
+        _quantized(model, tok, calib, scheme, handling, first)
+    assert first.passes == 2 and not first.loaded and first.cache.path.exists()
+    again = _stats(model, tok, calib, _cache_for(model, tmp_path, calib), cells)
+    assert again.loaded
+    for scheme, handling in cells:
+        own, _ = _quantized(model, tok, calib, scheme, handling, None)
+        mine, report = _quantized(model, tok, calib, scheme, handling, again)
+        assert torch.equal(logits_of(own, windows.input_ids), logits_of(mine, windows.input_ids)), (scheme, handling)
+        assert report["timing"]["calibration_cached"] == (report["timing"]["calibration"] == "shared")
+    assert again.passes == 0
+
+
+def test_a_stale_or_foreign_cache_is_recomputed_and_a_corrupt_one_names_the_file_to_delete(model, tok, calib, tmp_path):
+    from qsink.errors import QsinkError
+    from tests.conftest import tiny_llama
+
+    cells = [("w8a8-static", "none")]
+    cache = _cache_for(model, tmp_path, calib)
+    _quantized(model, tok, calib, "w8a8-static", "none", _stats(model, tok, calib, cache, cells))
+    # stale: written by another version of the code
+    doc = torch.load(cache.path, weights_only=True)
+    doc["identity"]["code"] = "0" * 64
+    torch.save(doc, cache.path)
+    stale = _stats(model, tok, calib, _cache_for(model, tmp_path, calib), cells)
+    assert not stale.loaded and stale.cache.stale
+    _quantized(model, tok, calib, "w8a8-static", "none", stale)
+    assert stale.passes == 1 and torch.load(cache.path, weights_only=True)["identity"] == cache.identity  # replaced
+    # foreign: another model's statistics under this model's name
+    other = tiny_llama(tok)
+    with torch.no_grad():
+        next(other.parameters()).mul_(2)
+    other_cache = _cache_for(other, tmp_path / "other", calib)
+    other_cache.identity["where"]["model_sha256"] = "another model"
+    _quantized(other, tok, calib, "w8a8-static", "none", _stats(other, tok, calib, other_cache, cells))
+    other_cache.path.replace(cache.path)
+    foreign = _stats(model, tok, calib, _cache_for(model, tmp_path, calib), cells)
+    assert not foreign.loaded
+    own, _ = _quantized(model, tok, calib, "w8a8-static", "none", None)
+    mine, _ = _quantized(model, tok, calib, "w8a8-static", "none", foreign)
+    ids = calib.input_ids[:1, :16]
+    assert torch.equal(logits_of(own, ids), logits_of(mine, ids))
+    # corrupt: one line naming the file and how to clear it
+    cache.path.write_bytes(b"not a torch file")
+    with pytest.raises(QsinkError, match=r"calibration cache .* is unreadable .*rm '.*\.pt'\) and run again") as e:
+        _stats(model, tok, calib, _cache_for(model, tmp_path, calib), cells)
+    assert "\n" not in str(e.value)

@@ -20,6 +20,11 @@ class Handler:
     * :meth:`install` adds forward hooks to the model (returns the handles to keep);
     * :meth:`after_calibration` runs once the calibration pass has filled each QLinear's statistics;
     * :meth:`report` says what it did, for the record.
+
+    A handler whose :meth:`prepare` depends on its own options alone (neither the scheme nor calibration data,
+    as a seeded rotation) names that rewrite with :meth:`rewrite_key`: the cells of a matrix whose handlers
+    give the same key start from one rewritten fp model (:func:`qsink.quant.apply.rewrite_base_`), and each
+    handler :meth:`adopt`\ s the state the rewrite left instead of running :meth:`prepare` again.
     """
 
     name = "none"
@@ -61,10 +66,21 @@ class Handler:
     def report(self) -> dict:
         return {}
 
+    def rewrite_key(self) -> tuple | None:
+        """What this handler's :meth:`prepare` does to the fp model, when that depends on its options alone; None
+        when its rewrite depends on the scheme or the calibration data (or it rewrites nothing)."""
+        return None
+
+    def adopt(self, prepared: "Handler") -> None:
+        """Take over what ``prepared`` (a handler with the same :meth:`rewrite_key`) learned in its :meth:`prepare`
+        of the model now being quantized, in place of a prepare() of its own."""
+        raise QsinkError(f"{self.name} has no rewrite to share")
+
     def shared_needs(self, scheme) -> set[str]:
         """What this handler's cells take from :class:`~qsink.quant.calibration.CalibrationStats` (declared before
-        the shared pass so that one pass collects it all)."""
-        if not self.inputs_unchanged or not (self.needs_calibration or scheme.act_static):
+        the shared pass so that one pass collects it all), from the model the cell starts from: the fp model, or
+        the rewritten one its :meth:`rewrite_key` names."""
+        if not (self.inputs_unchanged or self.rewrite_key() is not None) or not (self.needs_calibration or scheme.act_static):
             return set()
         return {"absmax"} | ({"rows"} if self.needs_rows else set())
 

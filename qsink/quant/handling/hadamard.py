@@ -108,6 +108,13 @@ class Hadamard(Handler):
             return {"input_transform": apply_hadamard, "transform_name": "hadamard"}
         return {}
 
+    def rewrite_key(self) -> tuple:
+        return ("hadamard", self.seed, self.online)
+
+    def adopt(self, prepared: Handler) -> None:
+        rotation = getattr(prepared, "rotation", prepared)  # a QuaRot's rotation is a Hadamard
+        self.mode, self.ffn_pair, self.online_all = rotation.mode, rotation.ffn_pair, set(rotation.online_all)
+
     def report(self) -> dict:
         if self.mode == "online":
             return {"mode": "online", "online_linears": sorted(self.online_all)}
@@ -142,6 +149,15 @@ class QuaRot(Handler):
 
     def after_calibration(self, qlinears: dict) -> None:
         self.gptq.after_calibration(qlinears)
+
+    def rewrite_key(self) -> tuple:
+        return self.rotation.rewrite_key()
+
+    def adopt(self, prepared: Handler) -> None:
+        self.rotation.adopt(prepared)
+
+    def shared_needs(self, scheme) -> set[str]:
+        return super().shared_needs(scheme) | {"hessian"}
 
     def report(self) -> dict:
         return {"rotation": self.rotation.report(), "gptq": self.gptq.report()}
