@@ -55,7 +55,7 @@ import torch
 
 from qsink.errors import QsinkError
 from qsink.files import atomic_write_bytes
-from qsink.evaluate.perplexity import Observer, base_hidden, head_logits
+from qsink.evaluate.perplexity import LOGIT_BYTES, Observer, base_hidden, head_logits
 from qsink.measure.stats import massive_mask
 from qsink.models.adapter import adapter_for
 
@@ -359,6 +359,9 @@ class Agreement(Observer):
         B, T = input_ids.shape
         self._fp_flat = hidden[:, :-1].reshape(B * (T - 1), -1)
         self._row0 = row0
+        # the fp logits of the whole batch where they fit, as the quantized model's come (one product per batch)
+        V = self.fp.get_output_embeddings().weight.shape[0]
+        self._fp_logits = head_logits(self.fp, self._fp_flat) if B * (T - 1) * V * 4 <= LOGIT_BYTES else None
         k = position_kinds(input_ids, self.tracker.mask, self.delimiters).numpy()
         self.kinds[row0 : row0 + k.shape[0]] = k
 
@@ -372,7 +375,8 @@ class Agreement(Observer):
             self.same[sl] = st["argmax"].cpu().numpy() == r.argmax[sl]
         else:
             local = row - self._row0
-            p_logits = head_logits(self.fp, self._fp_flat[local : local + logits.shape[0]])
+            p_logits = self._fp_logits[local : local + logits.shape[0]] if self._fp_logits is not None else \
+                head_logits(self.fp, self._fp_flat[local : local + logits.shape[0]])
             st = exact_stats(logits, p_logits)
             p_nll = torch.logsumexp(p_logits, -1) - p_logits.gather(-1, targets[:, None]).squeeze(-1)
             self.nll_fp[sl] = p_nll.double().cpu().numpy()

@@ -51,14 +51,17 @@ def logit_chunks(model, input_ids: torch.Tensor):
     :data:`LOGIT_BYTES` at a time.
 
     When the logits of a whole batch fit (SmolLM2, 4 windows of 512: 400 MB) they come from one
-    forward; otherwise (Gemma 3's 262,144-token head: 2.1 GB for 4 windows of 512) the base model
+    forward, one window's rows at a time (each a contiguous slice: no copy of the batch's logits);
+    otherwise (Gemma 3's 262,144-token head: 2.1 GB for 4 windows of 512) the base model
     runs once and the head over chunks of rows, so peak memory stays bounded; the numbers are the
     same computation (tested against the full path).
     """
     B, T = input_ids.shape
     V = model.get_output_embeddings().weight.shape[0]
     if B * (T - 1) * V * 4 <= LOGIT_BYTES:
-        yield 0, model(input_ids=input_ids, use_cache=False).logits[:, :-1].float().reshape(-1, V)
+        logits = model(input_ids=input_ids, use_cache=False).logits
+        for b in range(B):
+            yield b * (T - 1), logits[b, :-1].float()
         return
     flat = base_hidden(model, input_ids)[:, :-1].reshape(B * (T - 1), -1)
     rows = max(1, LOGIT_BYTES // (4 * V))

@@ -32,6 +32,61 @@ from qsink.quant.handling.base import Handler, register
 from qsink.quant.handling.gptq import GPTQ
 
 
+@torch.no_grad()
+def untie_head_(model, adapter) -> None:
+    """Give ``lm_head`` its own weight where it is tied to the embedding: they receive different transforms."""
+    emb, head = adapter.embedding(model), model.get_output_embeddings()
+    if head.weight is emb.weight or head.weight.data_ptr() == emb.weight.data_ptr():
+        head.weight = torch.nn.Parameter(emb.weight.detach().clone())
+        model.config.tie_word_embeddings = False
+        if hasattr(model, "_tied_weights_keys"):
+            model._tied_weights_keys = None
+
+
+@torch.no_grad()
+def fuse_norms_(model, adapter) -> None:
+    """Step 1: each norm's scale multiplied into the linears that read it (the final norm's into lm_head), the
+    norms left scale-free."""
+    head = model.get_output_embeddings()
+    for block in adapter.blocks(model):
+        for norm_path, readers in adapter.norm_groups:
+            norm = adapter.module(block, norm_path)
+            for r in readers:
+                lin = adapter.module(block, r)
+                lin.weight.mul_(adapter.norm_scale(norm).to(lin.weight.dtype)[None, :])
+            adapter.unit_norm(norm)
+    final = adapter.final_norm(model)
+    head.weight.mul_(adapter.norm_scale(final).to(head.weight.dtype)[None, :])
+    adapter.unit_norm(final)
+
+
+@torch.no_grad()
+def rotate_residual_(model, adapter, Q: torch.Tensor) -> None:
+    """Step 2: the residual stream ``h -> h Q`` (Q orthogonal, float64) folded into the weights of a model whose
+    norms are fused and whose head is untied."""
+    emb, head = adapter.embedding(model), model.get_output_embeddings()
+    emb.weight.copy_((emb.weight.double() @ Q).to(emb.weight.dtype))
+    for block in adapter.blocks(model):
+        for _, readers in adapter.norm_groups:
+            for r in readers:
+                lin = adapter.module(block, r)
+                lin.weight.copy_((lin.weight.double() @ Q).to(lin.weight.dtype))
+        for w in adapter.residual_writers:
+            lin = adapter.module(block, w)
+            lin.weight.copy_((Q.T @ lin.weight.double()).to(lin.weight.dtype))
+            if lin.bias is not None:
+                lin.bias.copy_((lin.bias.double() @ Q).to(lin.bias.dtype))
+    head.weight.copy_((head.weight.double() @ Q).to(head.weight.dtype))
+
+
+@torch.no_grad()
+def rotate_down_inputs_(model, adapter) -> None:
+    """Step 3's weight half: ``W <- W H`` for each block's down projection (its input gets ``x H`` online)."""
+    for block in adapter.blocks(model):
+        down = adapter.module(block, adapter.ffn_pair[1])
+        down.weight.copy_(apply_hadamard(down.weight.double()).to(down.weight.dtype))
+
+
 @register
 class Hadamard(Handler):
     name = "hadamard"
@@ -49,47 +104,15 @@ class Hadamard(Handler):
     def prepare(self, model, adapter, calib, scheme) -> None:
         if not adapter.can_rotate_residual():
             return self._prepare_online(model, adapter)
-        blocks = adapter.blocks(model)
         D = text_config(model).hidden_size
         hadamard_factors(D)  # refuse an impossible size before touching weights
-        # untie lm_head from the embedding: they receive different transforms
-        emb, head = adapter.embedding(model), model.get_output_embeddings()
-        if head.weight is emb.weight or head.weight.data_ptr() == emb.weight.data_ptr():
-            head.weight = torch.nn.Parameter(emb.weight.detach().clone())
-            model.config.tie_word_embeddings = False
-            if hasattr(model, "_tied_weights_keys"):
-                model._tied_weights_keys = None
-        # 1. fuse norm scales into readers
-        for block in blocks:
-            for norm_path, readers in adapter.norm_groups:
-                norm = adapter.module(block, norm_path)
-                for r in readers:
-                    lin = adapter.module(block, r)
-                    lin.weight.mul_(adapter.norm_scale(norm).to(lin.weight.dtype)[None, :])
-                adapter.unit_norm(norm)
-        final = adapter.final_norm(model)
-        head.weight.mul_(adapter.norm_scale(final).to(head.weight.dtype)[None, :])
-        adapter.unit_norm(final)
-        # 2. rotate the residual stream
-        Q = random_hadamard(D, self.seed)
-        emb.weight.copy_((emb.weight.double() @ Q).to(emb.weight.dtype))
-        for block in blocks:
-            for _, readers in adapter.norm_groups:
-                for r in readers:
-                    lin = adapter.module(block, r)
-                    lin.weight.copy_((lin.weight.double() @ Q).to(lin.weight.dtype))
-            for w in adapter.residual_writers:
-                lin = adapter.module(block, w)
-                lin.weight.copy_((Q.T @ lin.weight.double()).to(lin.weight.dtype))
-                if lin.bias is not None:
-                    lin.bias.copy_((lin.bias.double() @ Q).to(lin.bias.dtype))
-        head.weight.copy_((head.weight.double() @ Q).to(head.weight.dtype))
+        untie_head_(model, adapter)
+        fuse_norms_(model, adapter)
+        rotate_residual_(model, adapter, random_hadamard(D, self.seed))
         # 3. online Hadamard in front of down_proj: W <- W H, input x <- x H
         if self.online and adapter.ffn_pair:
             self.ffn_pair = adapter.ffn_pair
-            for block in blocks:
-                down = adapter.module(block, adapter.ffn_pair[1])
-                down.weight.copy_(apply_hadamard(down.weight.double()).to(down.weight.dtype))
+            rotate_down_inputs_(model, adapter)
 
     @torch.no_grad()
     def _prepare_online(self, model, adapter) -> None:
