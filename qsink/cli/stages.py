@@ -40,6 +40,7 @@ def evaluate(
     profile_samples: int = typer.Option(EVAL.profile_samples, "--profile-samples", help="Windows for each model's spike/sink profile, attached to its records (0 = none)."),
     kld_topk: int = typer.Option(EVAL.kld_topk, "--kld-topk", help="KL divergence against fp over the fp model's top-K tokens plus a rest bucket, from a stored reference (0 = exact over the whole vocabulary, the fp model runs beside every cell)."),
     sqnr: bool = typer.Option(EVAL.sqnr, "--sqnr/--no-sqnr", help="Also measure each quantized linear's SQNR (one more pass over the calibration windows per cell)."),
+    handling_options: List[str] = typer.Option(list(EVAL.handling_options), "--handling-option", help="HANDLING.OPTION=VALUE, repeated (spinquant.steps=50): an option of one outlier-handling method, part of its cells' keys."),
     dtype: str = typer.Option(EVAL.dtype, "--dtype", help="fp32, bf16 or fp16."),
     device: str = typer.Option(EVAL.device, "--device", help=DEVICE_HELP),
     seed: int = typer.Option(EVAL.seed, "--seed"),

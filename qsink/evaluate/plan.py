@@ -27,7 +27,7 @@ from qsink.validate import split_names
 from qsink.quant import check_combination, get_scheme
 from qsink.quant.backends.bnb import check as check_bnb
 
-LISTS = ("models", "schemes", "handling", "tasks", "include")  # matrix axes and other lists
+LISTS = ("models", "schemes", "handling", "tasks", "include", "handling_options")  # matrix axes and other lists
 NOT_IN_FILES = ("force", "trust_remote_code")  # command-line only
 SCALARS = ("data", "out") + tuple(f.name for f in fields(EvalSettings) if f.name not in LISTS + NOT_IN_FILES)
 REMOTE_CODE = ("eval recipe {path}: trust_remote_code cannot be set in a file (a recipe must not turn on code execution "
@@ -91,19 +91,25 @@ def parse_cells(labels, allow_fp: bool = False) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def plan_cells(schemes: list[str], handlings: list[str], backend: str = "fake") -> tuple[list[Cell], list[str]]:
+def plan_cells(schemes: list[str], handlings: list[str], backend: str = "fake", options=None) -> tuple[list[Cell], list[str]]:
     """The cross product with fp once and incompatible pairs dropped, and why each was dropped.
 
-    A single requested pair that is incompatible is an error (nothing else would run)."""
+    A single requested pair that is incompatible is an error (nothing else would run), as are bad
+    ``options(handling)`` (the handler's own options)."""
+    from qsink.quant.apply import make_handler
+
+    options = options or (lambda h: {})
     for s in schemes:
         get_scheme(s)
+    for h in handlings:
+        make_handler(h, options(h))
     cells, dropped = [Cell("fp")], []
     for s in schemes:
         for h in handlings:
             if s == "fp" or Cell(s, h) in cells:
                 continue
             try:
-                check_combination(get_scheme(s), h)
+                check_combination(get_scheme(s), h, options(h))
                 if backend == "bnb":
                     check_bnb(s, h)
             except QsinkError as e:
@@ -129,9 +135,15 @@ def plan_matrix(opts: dict, force: bool = False):
     """Validated (cells, dropped reasons, tasks, EvalSettings) from evaluate options (EvalSettings' fields
     plus the matrix axes ``schemes`` and ``handling``)."""
     settings = EvalSettings.from_options(opts, include=split_names(opts.get("include")),
-                                         tasks=split_names(opts.get("tasks")), force=force)
+                                         tasks=split_names(opts.get("tasks")), force=force,
+                                         handling_options=tuple(opts.get("handling_options") or ()))
     cells, dropped = plan_cells(split_names(opts.get("schemes") or ["fp"]), split_names(opts.get("handling") or ["none"]),
-                                settings.backend)
+                                settings.backend, options=lambda h: settings.options_for(h))
+    from qsink.evaluate.settings import parse_handling_options
+
+    unused = set(parse_handling_options(settings.handling_options)) - {c.handling for c in cells}
+    if unused:
+        raise QsinkError(f"--handling-option names {', '.join(sorted(unused))}, which no cell of this matrix uses")
     if settings.tasks:
         check_tasks(list(settings.tasks))  # before anything is loaded
     return cells, dropped, list(settings.tasks), settings

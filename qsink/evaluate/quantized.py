@@ -30,16 +30,19 @@ def calibration_for(tokenizer, settings: EvalSettings, calib_text: Text) -> Wind
 
 
 def quantize_for(model, tokenizer, cell: Cell, settings: EvalSettings, calib: Windows | None, sqnr: bool | None = None,
-                 shared: CalibrationStats | None = None) -> dict | None:
+                 shared: CalibrationStats | None = None, artifacts: dict | None = None) -> dict | None:
     """Quantize ``model`` in place for ``cell`` with the settings' backend; return the quantization
     report for the record (``None`` for the fp cell, which is left as it is). ``sqnr``: the per-linear
-    SQNR pass (default: the settings' ``sqnr``); ``shared``: the fp model's calibration statistics."""
+    SQNR pass (default: the settings' ``sqnr``); ``shared``: the fp model's calibration statistics;
+    ``artifacts``: where a handler keeps what it learned (SpinQuant's rotations)."""
     if cell.scheme == "fp":
         return None
     if settings.backend == "bnb":
         return to_bnb_(model, cell.scheme, cell.handling)
-    return quantize_(model, get_scheme(cell.scheme), cell.handling, calib, tokenizer, batch_size=settings.batch_size,
-                     include=settings.include, sqnr=settings.sqnr if sqnr is None else sqnr, shared=shared)
+    return quantize_(model, get_scheme(cell.scheme), cell.handling, calib, tokenizer, settings.options_for(cell.handling),
+                     batch_size=settings.batch_size,
+                     include=settings.include, sqnr=settings.sqnr if sqnr is None else sqnr, shared=shared,
+                     artifacts=artifacts)
 
 
 def calibration_cache(directory: Path, model, model_sha: str, settings: EvalSettings, calib: Windows) -> CalibrationCache:
@@ -68,7 +71,7 @@ def shared_calibration(model, tokenizer, cells: list[Cell], settings: EvalSettin
     stats = CalibrationStats(model, adapter_for(model), calib, settings.batch_size, tokenizer, cache=cache)
     for cell in cells:
         if cell.scheme != "fp":
-            stats.declare(make_handler(cell.handling).shared_needs(get_scheme(cell.scheme)))
+            stats.declare(make_handler(cell.handling, settings.options_for(cell.handling)).shared_needs(get_scheme(cell.scheme)))
     return stats
 
 
@@ -76,7 +79,7 @@ def rewrite_key(cell: Cell, settings: EvalSettings) -> tuple | None:
     """The rewrite of the fp model ``cell`` can share with other cells (None: it starts from the fp model)."""
     if cell.scheme == "fp" or settings.backend != "fake":
         return None
-    return make_handler(cell.handling).rewrite_key()
+    return make_handler(cell.handling, settings.options_for(cell.handling)).rewrite_key()
 
 
 @dataclass
@@ -110,6 +113,9 @@ class Starts:
             self.stats[None] = shared_calibration(fp_model, tokenizer, [c for c in cells if self.keys[c] is None],
                                                   settings, calib, self._cache(fp_model))
 
+    def _handler(self, cell: Cell):
+        return make_handler(cell.handling, self.settings.options_for(cell.handling))
+
     def _cache(self, model) -> CalibrationCache | None:
         if self.cache_dir is None or self.settings.backend != "fake":
             return None
@@ -125,13 +131,14 @@ class Starts:
         if key is None:
             t0 = time.perf_counter()
             in_place = cell.scheme == "fp" or (self.settings.backend == "fake" and not live_fp
-                                               and restorable(self.fp, cell.handling, include))
+                                               and restorable(self.fp, self._handler(cell), include))
             model = self.fp if in_place else copy.deepcopy(self.fp)
             return Start(model, in_place, self.stats.get(None), copy_s=time.perf_counter() - t0)
         rewrite_s = 0.0
         if key not in self.bases:
             t0 = time.perf_counter()
-            self.bases[key] = rewrite_base_(copy.deepcopy(self.fp), make_handler(cell.handling))
+            self.bases[key] = rewrite_base_(copy.deepcopy(self.fp), make_handler(cell.handling,
+                                                                                self.settings.options_for(cell.handling)))
             rewrite_s = time.perf_counter() - t0
             if self.calib is not None:
                 self.stats[key] = shared_calibration(self.bases[key], self.tokenizer,
@@ -143,6 +150,6 @@ class Starts:
         if self.left[key] == 0:  # the last cell of this rewrite takes the rewritten model itself
             return Start(self.bases.pop(key), False, self.stats.pop(key, None), rewrite_s=rewrite_s)
         base = self.bases[key]
-        in_place = restorable(base, cell.handling, include)
+        in_place = restorable(base, self._handler(cell), include)
         model = base if in_place else copy.deepcopy(base)
         return Start(model, in_place, shared, copy_s=time.perf_counter() - t0, rewrite_s=rewrite_s)

@@ -57,6 +57,8 @@ def identity(model_sha: str, cell: Cell, text: Text, s: EvalSettings, calib_sha:
             ident["include"] = sorted(s.include)
         if s.kld_topk != agreement.DEFAULT_TOPK:  # the default keeps the keys of records made before it existed
             ident["kld_topk"] = s.kld_topk
+        if s.options_for(cell.handling):  # likewise: a handling run with its defaults keeps its key
+            ident["handling_options"] = s.options_for(cell.handling)
     if s.tasks:
         ident.update(tasks=sorted(s.tasks), task_limit=s.limit, num_fewshot=s.num_fewshot)
     return ident
@@ -148,7 +150,8 @@ def run_cells(
         refs = References(store, res, windows, settings)
         for cell, ident in todo:
             record = _run_cell(res, cell, ident, model, tokenizer, windows, calib, settings, fp_record, progress_factory,
-                               log, refs, starts, on_model)
+                               log, refs, starts, on_model,
+                               artifacts={"dir": store.root / "rotations", "model_sha256": res.sha256})
             if prof is not None:
                 record["profile"] = prof
             if cell.scheme == "fp" and record["status"] == "ok":
@@ -239,7 +242,8 @@ def model_fields(config) -> dict:
 
 
 def _run_cell(res, cell, ident, fp_model, tokenizer, windows, calib, settings, fp_record, progress_factory,
-              log=print, refs: References | None = None, starts: Starts | None = None, on_model=None) -> dict:
+              log=print, refs: References | None = None, starts: Starts | None = None, on_model=None,
+              artifacts: dict | None = None) -> dict:
     scheme = get_scheme(cell.scheme)
     on_batch = progress_factory(f"{res.name} · {cell.label}", windows.n_windows) if progress_factory else None
     config = {
@@ -265,7 +269,8 @@ def _run_cell(res, cell, ident, fp_model, tokenizer, windows, calib, settings, f
         start = starts.start(cell, live_fp=settings.kld_topk == 0)
         model, in_place = start.model, start.in_place
         try:
-            quant_report = quantize_for(model, tokenizer, cell, settings, calib, shared=start.shared)
+            quant_report = quantize_for(model, tokenizer, cell, settings, calib, shared=start.shared,
+                                        artifacts=artifacts)
             if quant_report is not None and start.rewrite_s:
                 quant_report["timing"]["rewrite_s"] = start.rewrite_s
             prep_s = time.perf_counter() - t0

@@ -42,11 +42,14 @@ class EvalSettings:
     profile_samples: int = 16  # windows of the eval text for the model's profile (0: no profile)
     kld_topk: int = 32  # agreement with fp: P's top-K tokens + a rest bucket from a stored reference (0: exact, live)
     sqnr: bool = False  # per-linear SQNR of each quantized cell: one more pass over the calibration windows
+    handling_options: tuple[str, ...] = ()  # "HANDLING.OPTION=VALUE" (spinquant.steps=50), in the key of its cells
 
     def __post_init__(self):
         check_types(self, flags=True)
         object.__setattr__(self, "include", tuple(self.include))
         object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "handling_options", tuple(self.handling_options))
+        parse_handling_options(self.handling_options)
         if self.max_tokens == 0:
             object.__setattr__(self, "max_tokens", None)
         at_least(flags=True, ctx=(self.ctx, 2), max_tokens=(self.max_tokens, 0), batch_size=(self.batch_size, 1),
@@ -71,4 +74,30 @@ class EvalSettings:
 
     def to_dict(self) -> dict:
         """Plain data (lists, not tuples) for records and job payloads."""
-        return asdict(self) | {"include": list(self.include), "tasks": list(self.tasks)}
+        return asdict(self) | {"include": list(self.include), "tasks": list(self.tasks),
+                               "handling_options": list(self.handling_options)}
+
+    def options_for(self, handling: str) -> dict:
+        """The options ``--handling-option`` gives ``handling`` (empty for the others)."""
+        return parse_handling_options(self.handling_options).get(handling, {})
+
+
+def parse_handling_options(items) -> dict[str, dict]:
+    """``["spinquant.steps=50", "spinquant.lr=1"]`` -> ``{"spinquant": {"steps": 50, "lr": 1}}`` (values read as YAML
+    scalars); the handling and its options are checked when the matrix is planned."""
+    import yaml
+
+    out: dict[str, dict] = {}
+    for item in items:
+        name, dot, rest = str(item).partition(".")
+        key, eq, value = rest.partition("=")
+        if not (dot and eq and name and key.isidentifier()):
+            raise QsinkError(f"--handling-option takes HANDLING.OPTION=VALUE (e.g. spinquant.steps=50), not {item!r}")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        if not isinstance(parsed, (int, float, str, bool)):
+            raise QsinkError(f"--handling-option {item!r}: the value must be a number, word or true/false")
+        out.setdefault(name, {})[key] = parsed
+    return out

@@ -42,7 +42,7 @@ def check_combination(scheme: Scheme, handling: str, options: dict | None = None
 
 def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none", calib: Windows | None = None,
               tokenizer=None, options: dict | None = None, sqnr: bool = True, batch_size: int = 4,
-              include: tuple[str, ...] = (), shared: CalibrationStats | None = None) -> dict:
+              include: tuple[str, ...] = (), shared: CalibrationStats | None = None, artifacts: dict | None = None) -> dict:
     """Quantize ``model`` in place: every linear layer in its blocks becomes a :class:`QLinear`.
 
     Embeddings and ``lm_head`` stay in high precision unless ``include`` names them: ``lm_head``
@@ -52,7 +52,8 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
     record. The model's ``qsink_quant_context`` attribute switches all QLinears between modes.
     ``shared``: the fp model's calibration statistics on ``calib`` (:class:`CalibrationStats`); a
     handler that leaves the linears' inputs as they are takes its statistics from there instead of
-    a calibration pass of its own (the same numbers, computed once per model).
+    a calibration pass of its own (the same numbers, computed once per model). ``artifacts``: where a handler
+    that learns something (SpinQuant's rotations) keeps it, ``{"dir": Path, "model_sha256": str}``.
 
     Family-level refusals (a handler's :meth:`~qsink.quant.handling.base.Handler.check_model`, KV
     quantization where k and v cannot be found) come before anything changes; then GPT-2's Conv1D
@@ -63,7 +64,7 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
     unknown = set(include) - set(INCLUDABLE)
     if unknown:
         raise QsinkError(f"cannot include {sorted(unknown)} in quantization; choose from {', '.join(INCLUDABLE)}")
-    handler.tokenizer, handler.shared = tokenizer, shared
+    handler.tokenizer, handler.shared, handler.artifacts = tokenizer, shared, artifacts
     needs_calib = handler.needs_calibration or scheme.act_static
     if needs_calib and calib is None:
         raise QsinkError(f"{scheme.name} with {handler.name} needs calibration windows")

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from qsink.evaluate.plan import plan_matrix
 from qsink.evaluate.runner import run_matrix
 from qsink.records import RecordStore
@@ -136,3 +138,35 @@ def test_a_second_process_reads_the_calibration_statistics_from_disk(tiny_model_
         assert r["config"]["quant"]["timing"]["calibration_cached"], label
         assert not first[label]["config"]["quant"]["timing"]["calibration_cached"], label
         assert r["key"] == first[label]["key"] and r["metrics"] == first[label]["metrics"], label
+
+
+def test_spinquant_cells_keep_their_rotations_beside_the_records(tiny_model_dir, sample_text_file, tmp_path):
+    """The handling's options are part of the cell's key; the learned rotations are written under rotations/ and a
+    forced rerun evaluates with them instead of training again."""
+    from qsink.errors import QsinkError
+
+    opts = dict(ctx=32, max_tokens=128, calib=2, calib_data=f"file:{sample_text_file}", profile_samples=0,
+                handling_options=["spinquant.steps=2", "spinquant.lr=1.0"])
+    cells, _, _, settings = plan_matrix({"schemes": ["w4a4"], "handling": ["spinquant"], **opts})
+    out = tmp_path / "records"
+
+    def run(force=False):
+        s = settings if not force else type(settings)(**{**settings.__dict__, "force": True})
+        _, outcomes = run_matrix([str(tiny_model_dir)], cells, s, RecordStore(out), text_file=sample_text_file,
+                                 log=lambda m: None)
+        return outcomes[-1].record
+
+    first = run()
+    h = first["config"]["quant"]["handling"]
+    assert first["status"] == "ok" and first["key"] and h["steps"] == 2 and h["lr"] == 1.0 and not h["from_cache"]
+    assert len(list((out / "rotations").glob("spinquant-*.pt"))) == 1
+    again = run(force=True)
+    assert again["config"]["quant"]["handling"]["from_cache"] and again["metrics"]["ppl"] == first["metrics"]["ppl"]
+    default_cells, _, _, default_settings = plan_matrix({"schemes": ["w4a4"], "handling": ["spinquant"],
+                                                         **{k: v for k, v in opts.items() if k != "handling_options"}})
+    from qsink.evaluate.runner import identity
+    assert "handling_options" not in identity("m", default_cells[-1], type("T", (), {"sha256": "t"})(), default_settings, "c")
+    for bad, why in [(["spinquant.stpes=2"], "bad options for spinquant"), (["spinquant"], "HANDLING.OPTION=VALUE"),
+                     (["hadamard.seed=1"], "no cell of this matrix uses")]:
+        with pytest.raises(QsinkError, match=why):
+            plan_matrix({"schemes": ["w4a4"], "handling": ["spinquant"], **{**opts, "handling_options": bad}})

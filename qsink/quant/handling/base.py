@@ -34,6 +34,7 @@ class Handler:
     needs_rows = False  # after_calibration() reads each QLinear's sample of input rows
     tokenizer = None  # set by quantize_ before prepare()
     shared = None  # the fp model's shared calibration statistics, if the caller has them (set by quantize_)
+    artifacts = None  # {"dir": where a handler may keep what it learned, "model_sha256": ...} (set by quantize_)
 
     def __init__(self, **options):
         if options:
