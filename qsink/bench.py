@@ -309,6 +309,53 @@ def bench_train(recipe, steps: int = 20, log=print) -> dict:
     }
 
 
+def _reset_peak_rss() -> bool:
+    """Start the process's peak resident memory (VmHWM) afresh, where Linux allows it (``clear_refs`` 5)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _vm_hwm_mib() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def bench_spinquant(model, tok, calib_text, scheme: str = "w4a4", steps: int = 100, calib: int = 4, ctx: int = 512,
+                    log=print) -> dict:
+    """``qsink bench spinquant``: SpinQuant's rotation training with its default settings on one model, as an
+    evaluation cell runs it: wall time, seconds per step, and the peak memory of the training (resident memory on
+    the CPU, allocated memory on a GPU), with the loss at the Hadamard start and after training."""
+    from qsink.quant import get_scheme, quantize_
+    from qsink.quant.calibration import calibration_windows
+
+    windows = calibration_windows(tok, calib_text, calib, ctx, 0)
+    q = copy.deepcopy(model)
+    device = next(q.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    reset = _reset_peak_rss()
+    t0 = time.perf_counter()
+    report = quantize_(q, get_scheme(scheme), "spinquant", windows, tok, options={"steps": steps}, sqnr=False)
+    wall = time.perf_counter() - t0
+    h = report["handling"]
+    return {"bench": "spinquant", "scheme": scheme, "steps": steps, "calibration_windows": windows.n_windows, "ctx": ctx,
+            "tokens_per_step": h["tokens_per_step"], "train_s": h["train_s"], "s_per_step": h["train_s"] / max(steps, 1),
+            "quantize_s": wall, "loss_at_hadamard": h["loss_at_hadamard"], "loss_learned": h["loss_learned"],
+            "loss_curve": h["loss_curve"], "max_orthogonality_error": h["max_orthogonality_error"],
+            "peak_rss_during_mib": _vm_hwm_mib() if reset else None,
+            "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+            "n_params": sum(p.numel() for p in model.parameters()), "device": str(device),
+            "machine": machine(), "env": env_info()}
+
+
 MATRIX_SCHEMES = ("w8a8", "w8a8-static", "w4a16", "w4a8", "w4a4", "mxfp4", "nvfp4", "nf4")
 MATRIX_HANDLING = ("none", "smoothquant", "hadamard", "token-keep")
 

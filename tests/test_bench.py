@@ -230,3 +230,15 @@ def test_quant_with_kld_times_each_cell_with_and_without_its_agreement(tiny):
     ref = doc["kld_reference"]
     assert ref["positions"] == 2 * 31 and 0 < ref["bytes"] < ref["full_logits_bytes"]
     assert doc["kld_mean"]["w4a4+none"] > 0 and doc["ppl"]["w4a4+none+kld"] == doc["ppl"]["w4a4+none"]
+
+
+def test_spinquant_training_time_and_memory_on_a_tiny_model(tiny):
+    from qsink.bench import bench_spinquant, peak_rss_mib
+
+    model, tok, text = tiny
+    doc = bench_spinquant(model, tok, text, scheme="w4a4", steps=3, calib=2, ctx=32, log=lambda m: None)
+    assert doc["steps"] == 3 and len(doc["loss_curve"]) == 3 and doc["calibration_windows"] == 2
+    assert doc["s_per_step"] == pytest.approx(doc["train_s"] / 3) and 0 < doc["train_s"] <= doc["quantize_s"]
+    assert doc["max_orthogonality_error"] < 1e-5
+    if sys.platform == "linux":  # the peak since the training began: below the process's peak since it started
+        assert 0 < doc["peak_rss_during_mib"] <= peak_rss_mib() + 1

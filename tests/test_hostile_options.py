@@ -107,6 +107,12 @@ def _cases(m: str, text: str, tmp) -> dict[str, tuple[list[str], str]]:
         "bench dtype --dtype fp64": (["bench", "dtype", m, "--dtype", "fp64", "--out", "OUT/b.json"], "fp64"),
         "bench dtype --cells bogus": (["bench", "dtype", m, "--cells", "fp,bogus", "--out", "OUT/b.json"], "bogus"),
         "bench train --steps 0": (["bench", "train", "--steps", "0", "--out", "OUT/b.json"], "--steps"),
+        "bench spinquant --steps 0": (["bench", "spinquant", m, "--steps", "0", "--out", "OUT/b.json"], "--steps"),
+        "bench spinquant --scheme bogus": (["bench", "spinquant", m, "--scheme", "bogus", "--out", "OUT/b.json"], "bogus"),
+        "evaluate --handling-option bad": (ev + ["--scheme", "w4a4", "--handling", "spinquant", "--handling-option",
+                                                 "spinquant.steps"], "HANDLING.OPTION=VALUE"),
+        "evaluate --handling-option unknown": (ev + ["--scheme", "w4a4", "--handling", "spinquant", "--handling-option",
+                                                     "spinquant.nope=1"], "bad options for spinquant"),
         "bench all --out a dir": (["bench", "all", m, "--out", str(a_dir)], "is a directory"),
         "data fetch unknown": (["data", "fetch", "austin"], "austen"),
     }

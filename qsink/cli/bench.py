@@ -172,6 +172,34 @@ def bench_dtype_cmd(
     stdout.print(f"wrote {out_file}")
 
 
+@bench_app.command("spinquant")
+def bench_spinquant_cmd(
+    model: str = typer.Argument("smollm2-135m"),
+    scheme: str = typer.Option("w4a4", "--scheme", help="The scheme whose activation quantization the rotations learn."),
+    steps: int = typer.Option(100, "--steps"),
+    calib: int = typer.Option(4, "--calib", help="Calibration windows (one per step, in turn)."),
+    ctx: int = typer.Option(512, "--ctx"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    out_file: Path = typer.Option(Path("results/bench/spinquant.json"), "--out"),
+) -> None:
+    """SpinQuant's rotation training at its default settings: time per step and peak memory on this machine."""
+    from qsink.bench import bench_inputs, bench_spinquant, write_json
+    from qsink.data import load_corpus
+    from qsink.quant import get_scheme
+
+    _bench_check(out_file, device, steps=steps, calib=calib, ctx=ctx)
+    get_scheme(scheme)
+    m, tok, _ = bench_inputs(model, device, log)
+    doc = bench_spinquant(m, tok, load_corpus("austen", "train", log=log), scheme=scheme, steps=steps, calib=calib,
+                          ctx=ctx, log=log)
+    doc["model"] = model
+    write_json(doc, out_file)
+    peak = doc["peak_rss_during_mib"] if doc["peak_gpu_mib"] is None else doc["peak_gpu_mib"]
+    stdout.print(f"{model} {scheme}: {steps} steps in {doc['train_s'] / 60:.1f} min ({doc['s_per_step']:.2f} s/step), "
+                 f"peak memory {peak if peak is None else round(peak)} MiB; loss {doc['loss_at_hadamard']:.4f} at the "
+                 f"Hadamard start -> {doc['loss_learned']:.4f}; wrote {out_file}", highlight=False)
+
+
 @bench_app.command("train")
 def bench_train_cmd(
     recipe: Path = typer.Argument(Path("recipes/variants/base.yaml")),

@@ -258,6 +258,13 @@ def text_config(model: nn.Module):
     return get() if callable(get) else cfg
 
 
+def n_gqa(model: nn.Module) -> int:
+    """Query heads per key/value head (llama.cpp's n_gqa, which some of its type rules read)."""
+    cfg = text_config(model)
+    heads = getattr(cfg, "num_attention_heads", None) or 1
+    return max(1, heads // (getattr(cfg, "num_key_value_heads", None) or heads))
+
+
 def _get(obj, path: str):
     for part in path.split("."):
         obj = getattr(obj, part)
@@ -296,6 +303,7 @@ _GEMMA_SANDWICH = dict(
 _OLMO2 = dict(
     blocks_path="model.layers", embed_path="model.embed_tokens", final_norm_path="model.norm",
     attn="self_attn", input_norm=None, post_attn_norm=None, mlp="mlp", rotate_residual=False, qkv=_LLAMA_QKV,
+    value_pair=("self_attn.v_proj", "self_attn.o_proj"),  # no norm on v: o's input is linear in v's output
     no_rewrites_reason="OLMo-2 has no norm in front of q/k/v (its norms sit after attention and the FFN, on what "
                        "they write to the residual stream), so there is no norm to fold the smoothing scales into",
 )
@@ -341,7 +349,8 @@ def _opt(model: nn.Module) -> FamilyAdapter:
     common = dict(blocks_path="model.decoder.layers", embed_path="model.decoder.embed_tokens",
                   final_norm_path="model.decoder.final_layer_norm", attn="self_attn", mlp=None,
                   residual_writers=("self_attn.out_proj", "fc2"), rotate_residual=False, qkv=qkv,
-                  h0_at_first_block=True)  # learned positions (and project_in) after embed_tokens
+                  h0_at_first_block=True,  # learned positions (and project_in) after embed_tokens
+                  value_pair=("self_attn.v_proj", "self_attn.out_proj"))  # v -> out_proj is linear whatever the norms
     if not getattr(cfg, "do_layer_norm_before", True):
         return FamilyAdapter("opt", ("opt",), input_norm=None, post_attn_norm=None, postnorm=True, **common,
                              no_rewrites_reason="this OPT (do_layer_norm_before=False, as OPT-350m) is post-norm: its "
@@ -353,7 +362,7 @@ def _opt(model: nn.Module) -> FamilyAdapter:
     return FamilyAdapter(
         "opt", ("opt",), input_norm="self_attn_layer_norm", post_attn_norm="final_layer_norm", **common,
         norm_groups=(("self_attn_layer_norm", qkv), ("final_layer_norm", ("fc1",))),
-        value_pair=("self_attn.v_proj", "self_attn.out_proj"), ffn_pair=None,  # ReLU between fc1 and fc2
+        ffn_pair=None,  # ReLU between fc1 and fc2
     )
 
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from qsink.data.windows import Windows
 from qsink.errors import QsinkError
-from qsink.models.adapter import adapter_for, text_config
+from qsink.models.adapter import adapter_for, n_gqa, text_config
 from qsink.quant.calibration import CalibrationStats, run_windows
 from qsink.quant.handling import HANDLERS, Handler
 from qsink.quant.qlinear import QLinear, QuantContext
@@ -96,7 +96,7 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
     ctx = QuantContext()
     qlinears: dict[str, QLinear] = {}
     blocks = ad.blocks(model)
-    n_gqa = _n_gqa(model)
+    gqa = n_gqa(model)
     gguf_types: dict[str, str] = {}
     fallbacks: dict[str, str] = {}
     # the shared statistics are the fp model's: usable when nothing changed the linears' inputs (no rewrite, no
@@ -122,9 +122,9 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
     for l, block in enumerate(blocks):
         for name, lin in list(ad.linears(block).items()):
             is_kv = kv is not None and name in kv_rows[l]
-            w_fmt = scheme.weight_format_for(name, l, len(blocks), lin.weight.shape[1], n_gqa)
+            w_fmt = scheme.weight_format_for(name, l, len(blocks), lin.weight.shape[1], gqa)
             if scheme.ftype is not None:
-                t, why = scheme.gguf_choice(name, l, len(blocks), lin.weight.shape[1], n_gqa)
+                t, why = scheme.gguf_choice(name, l, len(blocks), lin.weight.shape[1], gqa)
                 gguf_types[f"{l}.{name}"] = t
                 if why:
                     fallbacks[f"{l}.{name}"] = why
@@ -139,7 +139,7 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
         head = model.get_output_embeddings()
         if head.weight is ad.embedding(model).weight:  # tied: the embedding keeps its own copy
             head.weight = nn.Parameter(head.weight.detach().clone())
-        h_fmt = scheme.weight_format_for("lm_head", len(blocks), len(blocks), head.weight.shape[1], n_gqa)
+        h_fmt = scheme.weight_format_for("lm_head", len(blocks), len(blocks), head.weight.shape[1], gqa)
         q = QLinear.from_float(head, "lm_head", ctx, h_fmt, scheme.act_format_for(h_fmt), act_static=scheme.act_static)
         if scheme.ftype is not None:
             gguf_types["lm_head"] = h_fmt.gguf_type
@@ -203,13 +203,6 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
         report["gguf"] = {"ftype": scheme.ftype, "types": types, "type_counts": counts, "fallbacks": fallbacks,
                           "bits_per_weight": _bits_per_weight(qlinears)}
     return report
-
-
-def _n_gqa(model: nn.Module) -> int:
-    """Query heads per key/value head (llama.cpp's n_gqa, which some of its type rules read)."""
-    cfg = text_config(model)
-    heads = getattr(cfg, "num_attention_heads", None) or 1
-    return max(1, heads // (getattr(cfg, "num_key_value_heads", None) or heads))
 
 
 def _bits_per_weight(qlinears: dict) -> float | None:

@@ -146,6 +146,18 @@ for _ft in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k_s", "q3_k_m", 
             (_s, "smoothquant"): OK if _cpu else f"smoothquant protects activation quantization, and {_s} quantizes no activations",
             (_s, "token-keep"): OK if _cpu else f"token-keep protects activation quantization, and {_s} quantizes no activations",
         })
+# spinquant learns rotations against activation quantization; spinquant+gptq adds GPTQ (integer weights)
+for _s in [s for s, h in list(COMBINATIONS) if h == "none"]:
+    _acts = COMBINATIONS.get((_s, "token-keep")) == OK  # the schemes that quantize activations
+    for _h in ("spinquant", "spinquant+gptq"):
+        if _s == "fp":
+            COMBINATIONS[(_s, _h)] = f"fp quantizes nothing, so {_h} has nothing to protect"
+        elif not _acts:
+            COMBINATIONS[(_s, _h)] = f"{_h} protects activation quantization, and {_s} quantizes no activations"
+        elif _h == "spinquant+gptq" and COMBINATIONS[(_s, "gptq")] != OK:
+            COMBINATIONS[(_s, _h)] = COMBINATIONS[(_s, "gptq")]
+        else:
+            COMBINATIONS[(_s, _h)] = OK
 ACCEPTED = [pair for pair, outcome in COMBINATIONS.items() if outcome == OK]
 REFUSED = [(*pair, outcome) for pair, outcome in COMBINATIONS.items() if outcome != OK]
 
@@ -153,8 +165,9 @@ REFUSED = [(*pair, outcome) for pair, outcome in COMBINATIONS.items() if outcome
 def test_the_table_covers_every_registered_pair():
     """A scheme or handling added without a row here fails, instead of going untested."""
     assert set(COMBINATIONS) == {(s, h) for s in SCHEMES.names() for h in HANDLERS.names()}
-    assert len(COMBINATIONS) == 39 * 11  # 11 generic schemes + 28 GGUF file types, x 11 handlings
-    assert len(ACCEPTED) == 53 + 10 + 5 + 14 * 4 + 14 * 6 and len(REFUSED) == 39 * 11 - len(ACCEPTED)
+    assert len(COMBINATIONS) == 39 * 13  # 11 generic schemes + 28 GGUF file types, x 13 handlings
+    # spinquant: the 7 activation-quantizing generic schemes and the 14 -cpu GGUF types; +gptq: the 4 integer ones
+    assert len(ACCEPTED) == 53 + 10 + 5 + 14 * 4 + 14 * 6 + (7 + 14) + 4 and len(REFUSED) == 39 * 13 - len(ACCEPTED)
 
 
 @pytest.mark.parametrize("scheme, handling", ACCEPTED)

@@ -21,7 +21,7 @@ import torch
 
 from qsink.errors import QsinkError
 from qsink.quant.handling.base import Handler, register
-from qsink.models.adapter import text_config
+from qsink.models.adapter import n_gqa
 
 
 @register
@@ -44,9 +44,7 @@ class IMatrix(Handler):
     def prepare(self, model, adapter, calib, scheme) -> None:
         self.scheme = scheme
         self.n_layers = len(adapter.blocks(model))
-        cfg = text_config(model)
-        heads = getattr(cfg, "num_attention_heads", None) or 1
-        self.n_gqa = max(1, heads // (getattr(cfg, "num_key_value_heads", None) or heads))
+        self.n_gqa = n_gqa(model)
 
     def install(self, model, ctx) -> list:
         for m in model.modules():

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from qsink.errors import QsinkError
-from qsink.models.adapter import split_rows, text_config
+from qsink.models.adapter import n_gqa, text_config
 from qsink.quant.cayley import CayleySGD, cosine_lr, orthogonality_error
 from qsink.quant.hadamard_matrices import apply_hadamard, hadamard_factors, random_hadamard
 from qsink.quant.handling.base import Handler, needs_acts, register
@@ -198,15 +198,13 @@ class SpinQuant(Handler):
     # ------------------------------------------------------------------ training
 
     def _train(self, model, adapter, calib, scheme, R1, R2, use_r1, use_r2):
-        from qsink.quant.apply import _n_gqa
-
         layout = _Layout(model, adapter, use_r1, use_r2, down=self.ffn_pair[1] if self.ffn_pair else None)
         blocks = adapter.blocks(model)
-        n_gqa = _n_gqa(model)
+        gqa = n_gqa(model)
         hooks = []
         for l, block in enumerate(blocks):
             for name, lin in adapter.linears(block).items():
-                fmt = scheme.act_format_for(scheme.weight_format_for(name, l, len(blocks), lin.weight.shape[1], n_gqa))
+                fmt = scheme.act_format_for(scheme.weight_format_for(name, l, len(blocks), lin.weight.shape[1], gqa))
                 down = self.ffn_pair is not None and name == self.ffn_pair[1]
                 quantize = _ste(fmt) if fmt is not None else (lambda x: x)
                 if down:
@@ -284,14 +282,13 @@ class SpinQuant(Handler):
         art = self.artifacts
         if art is None:
             return None
-        from qsink.quant.apply import _n_gqa
         import sys
 
         blocks = adapter.blocks(model)
         acts = {}
         for l, block in enumerate(blocks):
             for name, lin in adapter.linears(block).items():
-                f = scheme.act_format_for(scheme.weight_format_for(name, l, len(blocks), lin.weight.shape[1], _n_gqa(model)))
+                f = scheme.act_format_for(scheme.weight_format_for(name, l, len(blocks), lin.weight.shape[1], n_gqa(model)))
                 acts[f"{l}.{name}"] = str(f)
         code = hashlib.sha256()
         for mod in (sys.modules[__name__], sys.modules["qsink.quant.cayley"], sys.modules["qsink.quant.handling.hadamard"]):
