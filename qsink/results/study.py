@@ -339,6 +339,27 @@ def imatrix_table(records: list[dict], profiles: list[dict] | None = None) -> st
     return table(rows) if rows else "_(no imatrix cells in these records)_"
 
 
+def spinquant_table(records: list[dict], every: int = 10) -> str:
+    """Per model and SpinQuant training (the records that trained it, not those that reused its rotations): the loss
+    of the quantized network on all calibration windows at the Hadamard start and after training, the training
+    curve (the mean single-window loss of each run of ``every`` steps), time, and the largest orthogonality error
+    after any step."""
+    rows = []
+    for r in records:
+        h = r.get("config", {}).get("quant", {}).get("handling") if r.get("status") == "ok" else None
+        if not isinstance(h, dict) or not str(h.get("name", "")).startswith("spinquant") or h.get("from_cache", True):
+            continue
+        curve = h.get("loss_curve") or []
+        means = [np.mean(curve[i : i + every]) for i in range(0, len(curve), every)]
+        rows.append({"model": r["config"]["model"]["name"], "trained for": r["identity"]["scheme"],
+                     "steps": h["steps"], "lr": h["lr"], "loss at Hadamard": f"{h['loss_at_hadamard']:.4f}",
+                     "loss learned": f"{h['loss_learned']:.4f}",
+                     f"curve (mean of {every} steps)": " ".join(f"{m:.3f}" for m in means),
+                     "minutes": f"{h['train_s'] / 60:.1f}", "max |RᵀR − I|": f"{h['max_orthogonality_error']:.1e}",
+                     "R1": "learned" if h.get("r1") == "learned" else "not learned"})
+    return table(rows) if rows else "_(no SpinQuant training in these records)_"
+
+
 def _group_means(df: pd.DataFrame) -> pd.DataFrame:
     """Cells averaged over seeds, with the group as the model name (for the heatmap)."""
     ok = _ok(df)
@@ -432,6 +453,7 @@ def build_study(records: list[dict], baseline: str, reference_data: str | None =
         "agreement-kinds": agreement_kinds_table(records),
         "gguf-types": gguf_table(records),
         "imatrix": imatrix_table(records, profiles),
+        "spinquant": spinquant_table(records),
     }
     none = "_(no records on a second text)_"
     blocks.update({"handling-reference": none, "reference-cells": none})

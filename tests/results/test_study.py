@@ -171,3 +171,20 @@ def test_gguf_and_imatrix_blocks_from_planted_records():
     assert "| 1 | 0.200 | 0.200 (0.mlp.down_proj) | 11 (1) | - (reads no residual channels) |" in im["FFN hidden (down)"]
     none = build_study(planted_records(), "bb-base")[1]
     assert none["gguf-types"].startswith("_(no GGUF") and none["imatrix"].startswith("_(no imatrix")
+
+
+def test_spinquant_block_lists_each_training_once_with_its_curve():
+    """Only records that trained rotations (not those that reused them) are listed; the curve is the mean of each run
+    of ten steps."""
+    recs = planted_records()
+    curve = [float(i) for i in range(25)]  # means of 0..9, 10..19, 20..24: 4.5, 14.5, 22
+    for handling, cached in (("spinquant", False), ("spinquant+gptq", True)):
+        r = _record("ref", "text:test", "w4a4", handling, 11.0, PROFILES[("ref", None)], 50)
+        r["config"]["quant"] = {"handling": {"name": handling, "from_cache": cached, "steps": 25, "lr": 1.5,
+                                             "loss_at_hadamard": 3.25, "loss_learned": 3.0, "loss_curve": curve,
+                                             "train_s": 90.0, "max_orthogonality_error": 2e-14, "r1": "learned"}}
+        recs.append(r)
+    _, blocks, _ = build_study(recs, "bb-base")
+    rows = [l for l in blocks["spinquant"].splitlines() if l.startswith("| ref |")]
+    assert rows == ["| ref | w4a4 | 25 | 1.5 | 3.2500 | 3.0000 | 4.500 14.500 22.000 | 1.5 | 2.0e-14 | learned |"]
+    assert build_study(planted_records(), "bb-base")[1]["spinquant"].startswith("_(no SpinQuant")

@@ -65,6 +65,7 @@ def rotate_residual_(model, adapter, Q: torch.Tensor) -> None:
     """Step 2: the residual stream ``h -> h Q`` (Q orthogonal, float64) folded into the weights of a model whose
     norms are fused and whose head is untied."""
     emb, head = adapter.embedding(model), model.get_output_embeddings()
+    Q = Q.to(emb.weight.device, torch.float64)
     emb.weight.copy_((emb.weight.double() @ Q).to(emb.weight.dtype))
     for block in adapter.blocks(model):
         for _, readers in adapter.norm_groups:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import time
 from pathlib import Path
 
@@ -166,7 +165,8 @@ class SpinQuant(Handler):
         use_r2 = adapter.value_pair is not None
         self.r1_reason = None if use_r1 else R1_REFUSED.format(family=adapter.family)
         D = text_config(model).hidden_size
-        heads, kv, hd = _head_dims(model)
+        hd = _head_dims(model)[2]
+        device = next(model.parameters()).device
         if use_r1:
             hadamard_factors(D)
             untie_head_(model, adapter)
@@ -174,8 +174,8 @@ class SpinQuant(Handler):
         if use_r2:
             hadamard_factors(hd)
         self.ffn_pair = adapter.ffn_pair  # R4: fixed, online; part of the network the rotations are trained in
-        R1 = random_hadamard(D, self.seed) if use_r1 else None
-        R2 = [random_hadamard(hd, self.seed + 1 + l) for l in range(len(adapter.blocks(model)))] if use_r2 else []
+        R1 = random_hadamard(D, self.seed).to(device) if use_r1 else None
+        R2 = [random_hadamard(hd, self.seed + 1 + l).to(device) for l in range(len(adapter.blocks(model)))] if use_r2 else []
         cached = self._load(model, adapter, calib, scheme)
         if cached is not None:
             R1, R2 = cached["R1"], cached["R2"]
@@ -186,12 +186,11 @@ class SpinQuant(Handler):
         with torch.no_grad():  # in float64, as Hadamard's rotation: R2 on v and o, then R1 on the residual
             if use_r2:
                 params = dict(model.named_parameters())
-                device = next(model.parameters()).device
                 layout = _Layout(model, adapter, use_r1=False, use_r2=True)
                 for name, W in layout.weights(None, [r.to(device, torch.float64) for r in R2], torch.float64).items():
                     params[name].copy_(W)
             if R1 is not None:
-                rotate_residual_(model, adapter, R1.double().to(next(model.parameters()).device))
+                rotate_residual_(model, adapter, R1.to(device, torch.float64))
             if self.ffn_pair:
                 rotate_down_inputs_(model, adapter)
 
