@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -234,13 +235,23 @@ class CalibrationStats:
 CACHE_FORMAT = 1  # bump when what a pass records changes in a way this module's source does not show
 
 
+_SOURCES: dict[str, str] = {}
+
+
 def _source_sha(*modules) -> str:
+    """The version of the code that computes the statistics: the source of these modules as they were when first
+    asked for (in practice, as imported: a file edited while a run goes on does not change its answer)."""
     import inspect
 
     h = hashlib.sha256(str(CACHE_FORMAT).encode())
     for m in modules:
-        h.update(Path(inspect.getsourcefile(m)).read_bytes())
+        if m.__name__ not in _SOURCES:
+            _SOURCES[m.__name__] = hashlib.sha256(Path(inspect.getsourcefile(m)).read_bytes()).hexdigest()
+        h.update(_SOURCES[m.__name__].encode())
     return h.hexdigest()
+
+
+_source_sha(sys.modules[__name__])  # this module's version, as imported
 
 
 class CalibrationCache:

@@ -34,7 +34,8 @@ from qsink.results.plots import plot_delta_vs_spike, plot_heatmap
 
 SEED = re.compile(r"^(?P<group>.+?)-seed(?P<seed>\d+)$")
 HEADLINE_SCHEMES = ("w8a8-static", "w4a4", "nvfp4")
-HANDLING_ORDER = ("none", "smoothquant", "hadamard", "token-keep", "clip", "gptq", "quarot", "llm-int8", "awq", "awq+gptq",
+HANDLING_ORDER = ("none", "smoothquant", "hadamard", "token-keep", "clip", "gptq", "quarot", "spinquant", "spinquant+gptq",
+                  "llm-int8", "awq", "awq+gptq",
                   "imatrix")
 
 

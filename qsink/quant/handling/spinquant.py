@@ -47,6 +47,10 @@ from qsink.quant.handling.base import Handler, needs_acts, register
 from qsink.quant.handling.gptq import GPTQ
 from qsink.quant.handling.hadamard import fuse_norms_, rotate_down_inputs_, rotate_residual_, untie_head_
 
+# what a trained rotation depends on besides its key's data: bump when the training (loss, quantizers, the Cayley step,
+# the Hadamard start) changes what it learns, so that rotations kept on disk are trained again
+ROTATIONS_VERSION = 1
+
 R1_REFUSED = ("the residual stream of {family} blocks cannot take a rotation folded into the weights (norms write to "
               "it, or its norms are not scale-free RMSNorms); R1 is not learned, R2 and R4 are")
 
@@ -281,21 +285,17 @@ class SpinQuant(Handler):
         art = self.artifacts
         if art is None:
             return None
-        import sys
-
         blocks = adapter.blocks(model)
         acts = {}
         for l, block in enumerate(blocks):
             for name, lin in adapter.linears(block).items():
                 f = scheme.act_format_for(scheme.weight_format_for(name, l, len(blocks), lin.weight.shape[1], n_gqa(model)))
                 acts[f"{l}.{name}"] = str(f)
-        code = hashlib.sha256()
-        for mod in (sys.modules[__name__], sys.modules["qsink.quant.cayley"], sys.modules["qsink.quant.handling.hadamard"]):
-            code.update(Path(mod.__file__).read_bytes())
         return {"model_sha256": art["model_sha256"], "windows_sha256": hashlib.sha256(calib.input_ids.numpy().tobytes()).hexdigest(),
                 "activations": hashlib.sha256(json.dumps(acts, sort_keys=True).encode()).hexdigest(),
                 "kv": None if scheme.kv is None else str(scheme.kv), "dtype": str(next(model.parameters()).dtype),
-                "steps": self.steps, "lr": self.lr, "batch": self.batch, "seed": self.seed, "code": code.hexdigest()}
+                "steps": self.steps, "lr": self.lr, "batch": self.batch, "seed": self.seed,
+                "version": ROTATIONS_VERSION, "torch": str(torch.__version__)}
 
     def _path(self, key: dict) -> Path:
         h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
