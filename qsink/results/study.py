@@ -356,7 +356,7 @@ def spinquant_table(records: list[dict], every: int = 10) -> str:
                      "steps": h["steps"], "lr": h["lr"], "loss at Hadamard": f"{h['loss_at_hadamard']:.4f}",
                      "loss learned": f"{h['loss_learned']:.4f}",
                      f"curve (mean of {every} steps)": " ".join(f"{m:.3f}" for m in means),
-                     "minutes": f"{h['train_s'] / 60:.1f}", "max |RᵀR − I|": f"{h['max_orthogonality_error']:.1e}",
+                     "minutes": f"{h['train_s'] / 60:.1f}", "max ‖RᵀR − I‖": f"{h['max_orthogonality_error']:.1e}",
                      "R1": "learned" if h.get("r1") == "learned" else "not learned"})
     return table(rows) if rows else "_(no SpinQuant training in these records)_"
 
