@@ -258,6 +258,13 @@ def text_config(model: nn.Module):
     return get() if callable(get) else cfg
 
 
+def head_dims(model: nn.Module) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head dimension) of a model's attention."""
+    cfg = text_config(model)
+    heads = cfg.num_attention_heads
+    return heads, getattr(cfg, "num_key_value_heads", None) or heads, getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+
+
 def n_gqa(model: nn.Module) -> int:
     """Query heads per key/value head (llama.cpp's n_gqa, which some of its type rules read)."""
     cfg = text_config(model)

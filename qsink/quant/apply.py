@@ -15,11 +15,11 @@ import torch.nn as nn
 
 from qsink.data.windows import Windows
 from qsink.errors import QsinkError
-from qsink.models.adapter import adapter_for, n_gqa, text_config
+from qsink.models.adapter import adapter_for, head_dims, n_gqa
 from qsink.quant.calibration import CalibrationStats, run_windows
 from qsink.quant.handling import HANDLERS, Handler
 from qsink.quant.qlinear import QLinear, QuantContext
-from qsink.quant.schemes import QuantFormat, Scheme, per_group
+from qsink.quant.schemes import Scheme
 from qsink.validate import INCLUDABLE
 
 
@@ -77,9 +77,7 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
         if not any(kv_rows):
             raise QsinkError(f"{scheme.name} quantizes k and v after projection, and qsink cannot tell where k and v "
                              f"come out in {ad.family} blocks; drop the +kv suffix for this model")
-        cfg = text_config(model)
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        kv = QuantFormat(scheme.kv.dtype, scheme.kv.bits, scheme.kv.symmetric, per_group(head_dim))
+        kv = scheme.kv_format(head_dims(model)[2])
     t0 = time.perf_counter()
     base = getattr(model, "qsink_base", None)  # (rewrite key, prepared handler) of a model rewrite_base_ made
     if base is not None:

@@ -38,6 +38,19 @@ class QuantContext:
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
 
 
+def fake_rows(y: torch.Tensor, fake: Callable[[torch.Tensor], torch.Tensor], rows) -> torch.Tensor:
+    """``fake`` on the output ``y``, or only on its ``rows`` (output ranges sorted by start: the k and v of a fused
+    qkv projection); the other outputs as they are."""
+    if rows is None:
+        return fake(y)
+    parts, at = [], 0
+    for r in rows:
+        parts += [y[..., at : r.start], fake(y[..., r.start : r.stop])]
+        at = r.stop
+    parts.append(y[..., at:])
+    return torch.cat(parts, dim=-1)
+
+
 class QLinear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, name: str, ctx: QuantContext,
                  weight_fmt: QuantFormat | None, act_fmt: QuantFormat | None, out_fmt: QuantFormat | None = None,
@@ -149,15 +162,7 @@ class QLinear(nn.Module):
         return None
 
     def _fake_output(self, y: torch.Tensor) -> torch.Tensor:
-        """``out_fmt`` on the output, or only on ``out_rows`` of it (the k and v of a fused qkv projection)."""
-        if self.out_rows is None:
-            return self.out_fmt.fake(y)
-        parts, at = [], 0
-        for r in self.out_rows:
-            parts += [y[..., at : r.start], self.out_fmt.fake(y[..., r.start : r.stop])]
-            at = r.stop
-        parts.append(y[..., at:])
-        return torch.cat(parts, dim=-1)
+        return fake_rows(y, self.out_fmt.fake, self.out_rows)
 
     def _record(self, x: torch.Tensor) -> None:
         mask = self._keep_mask(x) if self.act_fmt is not None else None  # kept tokens are not quantized: no scales

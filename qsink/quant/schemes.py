@@ -161,6 +161,10 @@ class Scheme:
 
         return G.tensor_type(self.ftype, G.role_of(name), layer, n_layers, in_features, n_gqa, has_imatrix)
 
+    def kv_format(self, head_dim: int) -> QuantFormat | None:
+        """The format of k and v after projection: the scheme's KV bits, one scale per head."""
+        return None if self.kv is None else QuantFormat(self.kv.dtype, self.kv.bits, self.kv.symmetric, per_group(head_dim))
+
     def act_format_for(self, weight: QuantFormat | None) -> QuantFormat | None:
         """The input format of a linear whose weight format is ``weight``: the scheme's, or with
         ``cpu_acts`` the rounding llama.cpp's CPU backend applies for that weight type."""

@@ -40,12 +40,13 @@ import torch
 import torch.nn.functional as F
 
 from qsink.errors import QsinkError
-from qsink.models.adapter import n_gqa, text_config
+from qsink.models.adapter import head_dims, n_gqa, text_config
 from qsink.quant.cayley import CayleySGD, cosine_lr, orthogonality_error
 from qsink.quant.hadamard_matrices import apply_hadamard, hadamard_factors, random_hadamard
 from qsink.quant.handling.base import Handler, needs_acts, register
 from qsink.quant.handling.gptq import GPTQ
 from qsink.quant.handling.hadamard import fuse_norms_, rotate_down_inputs_, rotate_residual_, untie_head_
+from qsink.quant.qlinear import fake_rows
 
 # what a trained rotation depends on besides its key's data: bump when the training (loss, quantizers, the Cayley step,
 # the Hadamard start) changes what it learns, so that rotations kept on disk are trained again
@@ -55,12 +56,11 @@ R1_REFUSED = ("the residual stream of {family} blocks cannot take a rotation fol
               "it, or its norms are not scale-free RMSNorms); R1 is not learned, R2 and R4 are")
 
 
-def _head_dims(model) -> tuple[int, int, int]:
-    cfg = text_config(model)
-    heads = cfg.num_attention_heads
-    kv = getattr(cfg, "num_key_value_heads", None) or heads
-    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    return heads, kv, hd
+def _act_formats(model, adapter, scheme) -> dict[str, object]:
+    """Per block linear (``"layer.name"``): the activation format the scheme gives its input (None: not quantized)."""
+    blocks, gqa = adapter.blocks(model), n_gqa(model)
+    return {f"{l}.{name}": scheme.act_format_for(scheme.weight_format_for(name, l, len(blocks), lin.weight.shape[1], gqa))
+            for l, block in enumerate(blocks) for name, lin in adapter.linears(block).items()}
 
 
 class _Layout:
@@ -68,7 +68,7 @@ class _Layout:
 
     def __init__(self, model, adapter, use_r1: bool, use_r2: bool, down: str | None = None):
         self.model, self.use_r1, self.use_r2 = model, use_r1, use_r2
-        self.heads, self.kv_heads, self.hd = _head_dims(model)
+        self.heads, self.kv_heads, self.hd = head_dims(model)
         names = {id(p): n for n, p in model.named_parameters()}
         # (param name, roles, layer, frozen weight, v rows); roles: embedding / reader / writer / value / out, ":bias"
         self.items: list[tuple[str, frozenset, int, torch.Tensor, slice | None]] = []
@@ -169,7 +169,7 @@ class SpinQuant(Handler):
         use_r2 = adapter.value_pair is not None
         self.r1_reason = None if use_r1 else R1_REFUSED.format(family=adapter.family)
         D = text_config(model).hidden_size
-        hd = _head_dims(model)[2]
+        hd = head_dims(model)[2]
         device = next(model.parameters()).device
         if use_r1:
             hadamard_factors(D)
@@ -202,12 +202,12 @@ class SpinQuant(Handler):
 
     def _train(self, model, adapter, calib, scheme, R1, R2, use_r1, use_r2):
         layout = _Layout(model, adapter, use_r1, use_r2, down=self.ffn_pair[1] if self.ffn_pair else None)
-        blocks = adapter.blocks(model)
-        gqa = n_gqa(model)
+        formats = _act_formats(model, adapter, scheme)
+        kv_fmt = scheme.kv_format(layout.hd)
         hooks = []
-        for l, block in enumerate(blocks):
+        for l, block in enumerate(adapter.blocks(model)):
             for name, lin in adapter.linears(block).items():
-                fmt = scheme.act_format_for(scheme.weight_format_for(name, l, len(blocks), lin.weight.shape[1], gqa))
+                fmt = formats[f"{l}.{name}"]
                 down = self.ffn_pair is not None and name == self.ffn_pair[1]
                 quantize = _ste(fmt) if fmt is not None else (lambda x: x)
                 if down:
@@ -215,13 +215,11 @@ class SpinQuant(Handler):
                         lambda m, args, q=quantize: (q(apply_hadamard(args[0])),) + tuple(args[1:])))
                 elif fmt is not None:
                     hooks.append(lin.register_forward_pre_hook(lambda m, args, q=quantize: (q(args[0]),) + tuple(args[1:])))
-            if scheme.kv is not None:
-                from qsink.quant.schemes import QuantFormat, per_group
-
-                kv_fmt = QuantFormat(scheme.kv.dtype, scheme.kv.bits, scheme.kv.symmetric, per_group(layout.hd))
+            if kv_fmt is not None:
                 for name, rows in adapter.kv_outputs(block).items():
+                    rows = None if rows is None else tuple(sorted(rows, key=lambda r: r.start))
                     hooks.append(adapter.module(block, name).register_forward_hook(
-                        lambda m, args, y, q=_ste(kv_fmt), rows=rows: _fake_rows(y, q, rows)))
+                        lambda m, args, y, q=_ste(kv_fmt), rows=rows: fake_rows(y, q, rows)))
         R1p = torch.nn.Parameter(R1.clone()) if R1 is not None else None
         R2p = [torch.nn.Parameter(r.clone()) for r in R2]
         rotations = ([R1p] if R1p is not None else []) + R2p
@@ -285,12 +283,7 @@ class SpinQuant(Handler):
         art = self.artifacts
         if art is None:
             return None
-        blocks = adapter.blocks(model)
-        acts = {}
-        for l, block in enumerate(blocks):
-            for name, lin in adapter.linears(block).items():
-                f = scheme.act_format_for(scheme.weight_format_for(name, l, len(blocks), lin.weight.shape[1], n_gqa(model)))
-                acts[f"{l}.{name}"] = str(f)
+        acts = {name: str(f) for name, f in _act_formats(model, adapter, scheme).items()}
         return {"model_sha256": art["model_sha256"], "windows_sha256": hashlib.sha256(calib.input_ids.numpy().tobytes()).hexdigest(),
                 "activations": hashlib.sha256(json.dumps(acts, sort_keys=True).encode()).hexdigest(),
                 "kv": None if scheme.kv is None else str(scheme.kv), "dtype": str(next(model.parameters()).dtype),
@@ -344,17 +337,6 @@ class SpinQuant(Handler):
         out = {"r1": "learned" if self.r1_reason is None else f"not learned: {self.r1_reason}", "r2": "learned",
                "r3": "not applied (qsink quantizes k and v before RoPE)", "r4": "online Hadamard before down_proj"}
         return out | {k: v for k, v in self.result.items()}
-
-
-def _fake_rows(y, quantize, rows):
-    if rows is None:
-        return quantize(y)
-    parts, at = [], 0
-    for r in sorted(rows, key=lambda r: r.start):
-        parts += [y[..., at : r.start], quantize(y[..., r.start : r.stop])]
-        at = r.stop
-    parts.append(y[..., at:])
-    return torch.cat(parts, dim=-1)
 
 
 def _bar(total: int, enabled: bool):
