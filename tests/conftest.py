@@ -87,6 +87,32 @@ def tiny_bos_model_dir(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-bos") / "tiny-llama-bos", add_bos=True)
 
 
+def write_hub_snapshot(cache: Path, repo: str, source: Path, commit: str, refs: tuple[str, ...] = ("main",),
+                       only: tuple[str, ...] | None = None) -> Path:
+    """Copy the files of ``source`` into a Hugging Face hub cache as ``huggingface_hub`` lays one out:
+    ``models--org--name/blobs/<id>`` (weights named by their sha256, as LFS files are; other files by
+    their git blob sha1), ``snapshots/<commit>/<file>`` as relative links to the blobs, and
+    ``refs/<ref>`` holding the commit. Returns the snapshot folder."""
+    import hashlib
+
+    root = cache / f"models--{repo.replace('/', '--')}"
+    snap = root / "snapshots" / commit
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
+    snap.mkdir(parents=True, exist_ok=True)
+    for f in sorted(source.iterdir()):
+        if not f.is_file() or (only is not None and f.name not in only):
+            continue
+        data = f.read_bytes()
+        lfs = f.suffix in (".safetensors", ".gguf", ".bin")
+        blob = hashlib.sha256(data).hexdigest() if lfs else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        (root / "blobs" / blob).write_bytes(data)
+        (snap / f.name).symlink_to(Path("..") / ".." / "blobs" / blob)
+    for ref in refs:
+        (root / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+        (root / "refs" / ref).write_text(commit)
+    return snap
+
+
 @pytest.fixture
 def sample_text_file(tmp_path) -> Path:
     p = tmp_path / "sample.txt"

@@ -12,7 +12,7 @@ from qsink.cli.common import app, data_app, log, stdout
 
 @app.command("models")
 def models_cmd() -> None:
-    """List the built-in models, where they resolve on disk, and their size."""
+    """List the built-in models, where they resolve on disk, and their size, then the hub models already cached."""
     from qsink.models import BUILTINS
 
     table = Table(title="built-in models")
@@ -27,7 +27,20 @@ def models_cmd() -> None:
     for name, b in BUILTINS.items():
         if b.note:
             stdout.print(f"[bold]{name}[/bold]: {b.note}")
-    stdout.print("Any Hugging Face checkpoint directory (safetensors) or .gguf file works too.")
+    from qsink.models.hub import cached_models, hub_cache
+
+    rows = cached_models()
+    if rows:
+        table = Table(title=f"Hugging Face hub models in the local cache ({hub_cache()})")
+        for col in ("model", "commit", "refs", "weights", "size"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["spec"], r["commit"][:12], ", ".join(r["refs"]) or "-", r["weights"], f"{r['size'] / 2**20:.1f} MiB")
+        stdout.print(table)
+    else:
+        stdout.print(f"No Hugging Face hub models in the local cache ({hub_cache()}).")
+    stdout.print("Any Hugging Face checkpoint directory (safetensors), .gguf file or hub id "
+                 "(org/name, org/name@REVISION, org/name:FILE.gguf) works too.")
 
 
 @app.command("schemes")

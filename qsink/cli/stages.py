@@ -21,7 +21,7 @@ from qsink.validate import split_names
 @app.command()
 def evaluate(
     ctx_: typer.Context,
-    models: Optional[List[str]] = typer.Argument(None, help="Built-in names, .gguf files or Hugging Face checkpoint directories."),
+    models: Optional[List[str]] = typer.Argument(None, help="Built-in names, .gguf files, Hugging Face checkpoint directories or hub ids (org/name[@REVISION][:FILE.gguf])."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="A YAML evaluation matrix (recipes/eval/*.yaml); command-line options win."),
     schemes: List[str] = typer.Option(["fp"], "--scheme", "-s", help="Scheme name(s), comma-separated or repeated; 'qsink schemes' lists them. NAME+kvB adds B-bit k/v quantization."),
     handling: List[str] = typer.Option(["none"], "--handling", help="Outlier-handling method(s), comma-separated or repeated."),
@@ -46,7 +46,7 @@ def evaluate(
     seed: int = typer.Option(EVAL.seed, "--seed"),
     out: Path = typer.Option(Path("runs"), "--out", help="Directory for the JSON records."),
     force: bool = typer.Option(False, "--force", help="Recompute cells whose record already exists."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow custom model code from a checkpoint directory."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow custom model code from a checkpoint directory or hub repo."),
 ) -> None:
     """The matrix models x schemes x outlier handling (fp once per model): perplexity, downstream accuracy,
     the model's spike profile (and, with --sqnr, each linear's SQNR), one resumable JSON record per cell."""
@@ -95,7 +95,7 @@ def evaluate(
 
 @app.command()
 def measure(
-    model: str = typer.Argument(..., help="Built-in name, .gguf file or Hugging Face checkpoint directory."),
+    model: str = typer.Argument(..., help="Built-in name, .gguf file, Hugging Face checkpoint directory or hub id (org/name[@REVISION][:FILE.gguf])."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Corpus NAME[:SPLIT] (default austen:test) or hf:NAME[:CONFIG]."),
     text: Optional[Path] = typer.Option(None, "--text", help="Profile on this UTF-8 text file instead of a corpus."),
     samples: int = typer.Option(MEASURE.samples, "--samples", "-n", help="Number of windows."),
@@ -156,7 +156,7 @@ def measure(
 
 @app.command("ablate")
 def ablate_cmd(
-    model: str = typer.Argument(..., help="Built-in name, .gguf file or Hugging Face checkpoint directory."),
+    model: str = typer.Argument(..., help="Built-in name, .gguf file, Hugging Face checkpoint directory or hub id (org/name[@REVISION][:FILE.gguf])."),
     scheme: str = typer.Option(..., "--scheme", "-s", help="The scheme to take apart ('qsink schemes' lists them)."),
     handling: str = typer.Option("none", "--handling", help="Outlier-handling method applied before the ablation."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Evaluation text NAME[:SPLIT] (default austen:test)."),

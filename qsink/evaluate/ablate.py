@@ -94,7 +94,7 @@ def ablate(spec, scheme: str, handling: str, text: Text, calib_text: Text, setti
     store.ensure_writable()
     res = resolve(spec)
     cell = Cell(scheme, handling)
-    ident = identity(res.sha256, cell, text, settings, calib_text.sha256) | {"kind": "ablation", "parts": list(parts),
+    ident = identity(res, cell, text, settings, calib_text.sha256) | {"kind": "ablation", "parts": list(parts),
                                                                              "only": only}
     key = cell_key(ident)
     found = None if force else store.find_ok(key)

@@ -267,13 +267,13 @@ def reference_key(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def reference_identity(model_sha256: str, windows, topk: int, dtype: str) -> dict:
-    """What makes two references interchangeable: the model, the very token windows, K, the precision
-    the fp model ran at, and the kind thresholds."""
+def reference_identity(model_sha256: str, windows, topk: int, dtype: str, model_commit: str | None = None) -> dict:
+    """What makes two references interchangeable: the model (and its hub commit, for a hub model), the
+    very token windows, K, the precision the fp model ran at, and the kind thresholds."""
     ids_sha = hashlib.sha256(windows.input_ids.numpy().astype(np.int64).tobytes()).hexdigest()
     return {"format": REFERENCE_FORMAT, "model_sha256": model_sha256, "data_sha256": windows.data_sha256,
             "ctx": windows.ctx, "n_windows": windows.n_windows, "windows_sha256": ids_sha, "topk": topk, "dtype": dtype,
-            "massive_abs": MASSIVE_ABS, "massive_ratio": MASSIVE_RATIO}
+            "massive_abs": MASSIVE_ABS, "massive_ratio": MASSIVE_RATIO, **({"model_commit": model_commit} if model_commit else {})}
 
 
 class ReferenceBuilder(Observer):

@@ -47,9 +47,9 @@ class CellOutcome:
     write_s: float = 0.0  # writing the record
 
 
-def identity(model_sha: str, cell: Cell, text: Text, s: EvalSettings, calib_sha: str | None) -> dict:
+def identity(model: ResolvedModel, cell: Cell, text: Text, s: EvalSettings, calib_sha: str | None) -> dict:
     scheme = get_scheme(cell.scheme).to_dict()
-    ident = {"model_sha256": model_sha, "scheme": cell.scheme, "handling": cell.handling, "scheme_config": scheme,
+    ident = {**model.key_fields(), "scheme": cell.scheme, "handling": cell.handling, "scheme_config": scheme,
              "data_sha256": text.sha256, "ctx": s.ctx, "max_tokens": s.max_tokens, "dtype": s.dtype, "seed": s.seed}
     if cell.scheme != "fp":
         ident.update(calib=s.calib, calib_data=s.calib_data, calib_sha256=calib_sha, backend=s.backend)
@@ -125,7 +125,7 @@ def run_cells(
     for res in resolved:
         todo, fp_record = [], None
         for cell in cells:
-            ident = identity(res.sha256, cell, text, settings, calib_sha)
+            ident = identity(res, cell, text, settings, calib_sha)
             found = None if settings.force else finished(store, ident, log, sqnr=settings.sqnr)
             if found:
                 outcomes.append(CellOutcome(res.name, cell, found[0], found[1], skipped=True))
@@ -146,12 +146,12 @@ def run_cells(
         calib = None
         if calib_text is not None and any(c.scheme != "fp" for c, _ in todo):
             calib = calibration_for(tokenizer, settings, calib_text)
-        starts = Starts(model, tokenizer, [c for c, _ in todo], settings, calib, res.sha256, cache_dir)
+        starts = Starts(model, tokenizer, [c for c, _ in todo], settings, calib, res.pin, cache_dir)
         refs = References(store, res, windows, settings)
         for cell, ident in todo:
             record = _run_cell(res, cell, ident, model, tokenizer, windows, calib, settings, fp_record, progress_factory,
                                log, refs, starts, on_model,
-                               artifacts={"dir": store.root / "rotations", "model_sha256": res.sha256})
+                               artifacts={"dir": store.root / "rotations", "model_sha256": res.pin})
             if prof is not None:
                 record["profile"] = prof
             if cell.scheme == "fp" and record["status"] == "ok":
@@ -188,7 +188,7 @@ class References:
 
     def __init__(self, store: RecordStore, res: ResolvedModel, windows, settings: EvalSettings):
         self.topk, self.windows, self.force = settings.kld_topk, windows, settings.force
-        self.identity = agreement.reference_identity(res.sha256, windows, settings.kld_topk, settings.dtype)
+        self.identity = agreement.reference_identity(res.sha256, windows, settings.kld_topk, settings.dtype, res.commit)
         self.key = agreement.reference_key(self.identity)
         self.path = store.root / "references" / f"{store.path_for(res.name, self.key).stem}.npz"
         self._ref: Reference | None = None

@@ -34,7 +34,7 @@ class MeasureOutcome:
 
 
 def profile_identity(res: ResolvedModel, text: Text, ctx: int, samples: int, dtype: str, s: ProfileSettings) -> dict:
-    return {"kind": "profile", "model_sha256": res.sha256, "data_sha256": text.sha256, "ctx": ctx, "samples": samples,
+    return {"kind": "profile", **res.key_fields(), "data_sha256": text.sha256, "ctx": ctx, "samples": samples,
             "dtype": dtype, "settings": s.to_dict()}
 
 

@@ -85,7 +85,7 @@ def _probe(sweep: Sweep, strict: bool = True) -> dict[str, str | None]:
 
     A job is done by the same rules the workers apply (:func:`train_done`, and
     :func:`qsink.evaluate.runner.finished` on the cell's identity), at the cost of a look-up: each
-    model is hashed once (its GGUF not parsed, ``resolve(verify=False)``), each text resolved once,
+    model is hashed once (its GGUF not parsed, a hub id not fetched: ``resolve(verify=False, fetch=False)``), each text resolved once,
     each records directory listed once, and only the cell's own record is read.
 
     ``strict=False`` (the executor's pre-pass): a job whose model, text or settings cannot be resolved
@@ -97,7 +97,7 @@ def _probe(sweep: Sweep, strict: bool = True) -> dict[str, str | None]:
     def model(spec: str) -> ResolvedModel | None:
         if spec not in models:
             try:
-                models[spec] = resolve(spec, verify=False)
+                models[spec] = resolve(spec, verify=False, fetch=False)
             except QsinkError:
                 models[spec] = None  # not trained (or not installed) yet
             except Exception:
@@ -132,7 +132,7 @@ def _probe(sweep: Sweep, strict: bool = True) -> dict[str, str | None]:
         if settings.force:
             return None
         calib = text(settings.calib_data) if p["scheme"] != "fp" else None
-        ident = identity(res.sha256, Cell(p["scheme"], p["handling"]), text(p.get("data")), settings,
+        ident = identity(res, Cell(p["scheme"], p["handling"]), text(p.get("data")), settings,
                          calib.sha256 if calib else None)
         found = finished(store(p["records"]), ident, sqnr=settings.sqnr)
         if found is None:

@@ -165,7 +165,9 @@ def test_spinquant_cells_keep_their_rotations_beside_the_records(tiny_model_dir,
     default_cells, _, _, default_settings = plan_matrix({"schemes": ["w4a4"], "handling": ["spinquant"],
                                                          **{k: v for k, v in opts.items() if k != "handling_options"}})
     from qsink.evaluate.runner import identity
-    assert "handling_options" not in identity("m", default_cells[-1], type("T", (), {"sha256": "t"})(), default_settings, "c")
+    from qsink.models import ResolvedModel
+    m = ResolvedModel("m", "hf", tmp_path, "m", "m")
+    assert "handling_options" not in identity(m, default_cells[-1], type("T", (), {"sha256": "t"})(), default_settings, "c")
     for bad, why in [(["spinquant.stpes=2"], "bad options for spinquant"), (["spinquant"], "HANDLING.OPTION=VALUE"),
                      (["hadamard.seed=1"], "no cell of this matrix uses")]:
         with pytest.raises(QsinkError, match=why):
