@@ -51,8 +51,7 @@ def evaluate(
     """The matrix models x schemes x outlier handling (fp once per model): perplexity, downstream accuracy,
     the model's spike profile (and, with --sqnr, each linear's SQNR), one resumable JSON record per cell."""
     from qsink.evaluate.plan import load_eval_recipe, plan_matrix, with_recipe
-    from qsink.evaluate.runner import run_matrix
-    from qsink.records import RecordStore
+    from qsink.models.resolve import precheck
 
     opts = {name: value for name, value in ctx_.params.items() if name not in ("recipe", "text", "force")}
     if recipe:
@@ -60,6 +59,10 @@ def evaluate(
         opts = with_recipe(load_eval_recipe(recipe), opts, given)  # typer vendors click: sources compare by name
     if not opts["models"]:
         raise QsinkError("name at least one model (or pass --recipe); 'qsink models' lists the built-in ones")
+    precheck(split_names(opts["models"]), log=log)  # a model that cannot be had is told before torch loads
+    from qsink.evaluate.runner import run_matrix
+    from qsink.records import RecordStore
+
     cells, dropped, tasks, settings = plan_matrix(opts, force=force)
     for reason in dropped:
         log(f"skipping {reason}")
@@ -119,6 +122,9 @@ def measure(
     grad_windows: int = typer.Option(MEASURE.grad_windows, "--grad-windows", help="--gradients: windows back-propagated, one at a time."),
 ) -> None:
     """Massive activations, attention sinks and outlier statistics of one model, in one pass."""
+    from qsink.models.resolve import precheck
+
+    precheck([model], log=log)  # a model that cannot be had is told before torch loads
     from qsink.data import resolve_data
     from qsink.measure.options import parse_layers
     from qsink.measure.plots import plot_profile
@@ -174,6 +180,9 @@ def ablate_cmd(
 ) -> None:
     """Which linear layer's quantization does the damage: each linear's activations (or weights) kept in
     full precision in turn, the rest quantized, perplexity measured again."""
+    from qsink.models.resolve import precheck
+
+    precheck([model], log=log)  # a model that cannot be had is told before torch loads
     from qsink.data import resolve_data
     from qsink.evaluate.ablate import ablate, check_request
     from qsink.models import resolve

@@ -24,8 +24,6 @@ from qsink.evaluate.lmeval import check_tasks
 from qsink.evaluate.settings import EvalSettings
 from qsink.files import load_yaml
 from qsink.validate import split_names
-from qsink.quant import check_combination, get_scheme
-from qsink.quant.backends.bnb import check as check_bnb
 
 LISTS = ("models", "schemes", "handling", "tasks", "include", "handling_options")  # matrix axes and other lists
 NOT_IN_FILES = ("force", "trust_remote_code")  # command-line only
@@ -96,7 +94,9 @@ def plan_cells(schemes: list[str], handlings: list[str], backend: str = "fake", 
 
     A single requested pair that is incompatible is an error (nothing else would run), as are bad
     ``options(handling)`` (the handler's own options)."""
+    from qsink.quant import check_combination, get_scheme  # torch: imported when a plan is made, not to read a recipe
     from qsink.quant.apply import make_handler
+    from qsink.quant.backends.bnb import check as check_bnb
 
     options = options or (lambda h: {})
     for s in schemes:

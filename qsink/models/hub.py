@@ -38,6 +38,15 @@ _HUB_ID = re.compile(r"(?P<repo>[^@:\s]+)(?:@(?P<rev>[^@:\s]+))?(?::(?P<file>[^@
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
+class NotCached(QsinkError):
+    """A hub revision that is not in the local cache. ``fetchable``: the hub answered and a download
+    would bring it (only ``fetch=False`` stopped it); otherwise it is offline or unreachable."""
+
+    def __init__(self, message: str, fetchable: bool = False):
+        super().__init__(message)
+        self.fetchable = fetchable
+
+
 @dataclass(frozen=True)
 class HubId:
     repo: str  # org/name
@@ -131,7 +140,7 @@ def snapshot(hub: HubId, fetch: bool = True, log=print) -> Snapshot:
     files = [s.rfilename for s in info.siblings or []]
     wanted = _wanted(hub, files)
     if not fetch:
-        return _from_cache(hub, "not fetching", commit=info.sha)
+        return _from_cache(hub, "nothing is fetched here", commit=info.sha, fetchable=True)
     from huggingface_hub import snapshot_download
 
     try:
@@ -178,7 +187,7 @@ def _wanted(hub: HubId, files: list[str]) -> list[str]:
     return sorted(set(weights + extra))
 
 
-def _from_cache(hub: HubId, why: str, commit: str | None = None) -> Snapshot:
+def _from_cache(hub: HubId, why: str, commit: str | None = None, fetchable: bool = False) -> Snapshot:
     """The cached snapshot of ``hub`` without a network call (``commit``: the revision's commit, when known)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -192,11 +201,12 @@ def _from_cache(hub: HubId, why: str, commit: str | None = None) -> Snapshot:
                  "or pass a local checkpoint directory")
         cached = _cached_revisions(hub.repo)
         if not cached:
-            raise QsinkError(f"{hub.repo} is not in the local Hugging Face cache ({hub_cache()}) and {why}; {fetch}") from None
+            raise NotCached(f"{hub.repo} is not in the local Hugging Face cache ({hub_cache()}) and {why}; {fetch}",
+                            fetchable) from None
         asked = f"commit {commit[:12]} of {hub.revision or 'main'}" if commit and commit != hub.revision else \
             f"revision {hub.revision or 'main'!r}"
-        raise QsinkError(f"{hub.repo} is cached, but not at {asked} (cached: {', '.join(cached)}) and {why}; "
-                         f"name a cached revision as {hub.repo}@REVISION, or {fetch}") from None
+        raise NotCached(f"{hub.repo} is cached, but not at {asked} (cached: {', '.join(cached)}) and {why}; "
+                        f"name a cached revision as {hub.repo}@REVISION, or {fetch}", fetchable) from None
     return Snapshot(hub, folder.name, folder, cached=True)
 
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from qsink.errors import QsinkError
+from qsink.models import family as _family  # noqa: F401  (registers model_type "qsink" with transformers)
 from qsink.models import gguf_cache
 from qsink.models.resolve import ResolvedModel, resolve
 from qsink.validate import DTYPES, check_dtype

@@ -106,6 +106,20 @@ def resolve(spec: str | ResolvedModel, log=print, verify: bool = True, fetch: bo
     return ResolvedModel(spec, "hf", path.resolve(), combined, path.resolve().name, weights=weights)
 
 
+def precheck(specs: list[str], log=print) -> None:
+    """Raise the first model error that a download would not fix, before anything heavy is imported
+    or fetched: a missing path, a malformed or unknown hub id, a revision the hub lacks, pickle-only
+    weights, and a hub model that is not cached while offline or without network, all within a
+    second. A hub model that the hub has and the cache lacks passes: it is fetched when the run
+    resolves it, after the rest of the command has been checked."""
+    for spec in specs:
+        try:
+            resolve(spec, log=log, verify=False, fetch=False)
+        except hub_mod.NotCached as e:
+            if not e.fetchable:
+                raise
+
+
 def _hashed_shards(shards: list[Path]) -> tuple[str, tuple[tuple[str, str], ...]]:
     """The combined sha256 of a checkpoint's safetensors files (in name order) and each file's own.
 

@@ -284,3 +284,30 @@ def test_a_sweep_takes_hub_ids_and_its_status_sees_a_moved_branch(hub_env, check
     assert [r["status"] for r in execute(load_sweep(path))] == ["done", "done"]
     commits = sorted(json.loads(p.read_text())["identity"]["model_commit"] for p in (tmp_path / "out" / "records").glob("*.json"))
     assert commits == [C1, C1, C2, C2]
+
+
+def test_evaluate_fetches_a_hub_model_the_cache_lacks(hub, hub_env, sample_text_file, tmp_path, capsys):
+    """Online: the model is checked first (a metadata request), then fetched once by the run."""
+    args = ["evaluate", "acme/tiny", "--text", str(sample_text_file), "--ctx", "32", "--max-tokens", "64",
+            "--profile-samples", "0", "--out", str(tmp_path / "r")]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    (rec,) = [json.loads(p.read_text()) for p in (tmp_path / "r").glob("*.json")]
+    assert rec["config"]["model"]["hub"]["commit"] == C1 and hub.downloads.count("model.safetensors") == 1
+
+
+@pytest.mark.parametrize("command", ["evaluate", "measure", "ablate --scheme w8a8"])
+def test_a_model_that_cannot_be_had_is_told_before_torch_is_imported(hub_env, command):
+    """Offline and not cached: one line and exit 2 from the model check alone (which is why it takes a
+    fraction of a second): neither torch nor transformers has been imported when it is told."""
+    import os
+    import subprocess
+
+    code = ("import sys\nfrom qsink.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+            "    print('EXIT', e.code, 'HEAVY', heavy, file=sys.stderr)\n")
+    p = subprocess.run([sys.executable, "-c", code, *command.split()[:1], "acme/nope", *command.split()[1:]],
+                       capture_output=True, text=True, env=os.environ.copy(), timeout=120)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert lines[-1] == "EXIT 2 HEAVY []", p.stderr
+    assert len(lines) == 2 and "acme/nope is not in the local Hugging Face cache" in lines[0], p.stderr
