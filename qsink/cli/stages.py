@@ -212,6 +212,71 @@ def ablate_cmd(
     log(f"wrote {outcome.path}" if not outcome.skipped else f"record: {outcome.path}")
 
 
+@app.command("advise")
+def advise_cmd(
+    model: str = typer.Argument(..., help="Built-in name, .gguf file, Hugging Face checkpoint directory or hub id (org/name[@REVISION][:FILE.gguf])."),
+    budget: float = typer.Option(..., "--budget", help="The largest mean KL divergence from the fp model (nats per token) the recipe may reach."),
+    bits_max: Optional[float] = typer.Option(None, "--bits-max", help="The most stored bits per weight (scales included) a recipe may take."),
+    formats: str = typer.Option("int,gguf", "--formats", help="Format families to choose from: int, gguf, mx, nv (a recipe stays within one)."),
+    act: Optional[str] = typer.Option(None, "--act", help="Also quantize every linear's input: int8, int4, mxfp4, nvfp4 or fp8 (default: weights only)."),
+    handling: List[str] = typer.Option([], "--handling", help="Outlier-handling methods to consider (default: none; with --act also token-keep)."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Evaluation text NAME[:SPLIT] (default austen:test) for the verification."),
+    ctx: int = typer.Option(EVAL.ctx, "--ctx", help="Tokens per window."),
+    max_tokens: int = typer.Option(EVAL.max_tokens, "--max-tokens", help="Evaluation tokens for the verification."),
+    calib: int = typer.Option(EVAL.calib, "--calib", help="Calibration windows: quantization, sensitivities and their scaling."),
+    calib_data: str = typer.Option(EVAL.calib_data, "--calib-data", help="Calibration text (a train or validation split)."),
+    batch_size: int = typer.Option(EVAL.batch_size, "--batch-size"),
+    handling_options: List[str] = typer.Option([], "--handling-option", help="HANDLING.OPTION=VALUE, repeated."),
+    rounds: int = typer.Option(3, "--rounds", help="Searches at most, each verified; a miss tightens the next one's target."),
+    dtype: str = typer.Option(EVAL.dtype, "--dtype", help="fp32, bf16 or fp16."),
+    device: str = typer.Option(EVAL.device, "--device", help=DEVICE_HELP),
+    seed: int = typer.Option(EVAL.seed, "--seed"),
+    out: Path = typer.Option(Path("runs"), "--out", help="Directory for the records (the advised cell and its comparisons)."),
+    recipe_out: Optional[Path] = typer.Option(None, "--recipe-out", help="Where to write the advised recipe (default: OUT/NAME.yaml)."),
+) -> None:
+    """The cheapest recipe (a format for the model, higher formats for its sensitive linears, a handling
+    method) whose KL divergence from the fp model stays under --budget, chosen from measured per-linear
+    sensitivities, then verified by evaluation beside the uniform format and the GGUF file type of its size."""
+    from qsink.models.resolve import precheck
+
+    precheck([model], log=log)
+    from qsink.data import resolve_data
+    from qsink.evaluate.advise import advise
+    from qsink.records import RecordStore
+
+    settings = EvalSettings(ctx=ctx, max_tokens=max_tokens, batch_size=batch_size, calib=calib, calib_data=calib_data,
+                            seed=seed, device=device, dtype=dtype, profile_samples=0,
+                            handling_options=tuple(handling_options))
+    store = RecordStore(out)
+    store.ensure_writable()
+    text, calib_text = resolve_data(data, None, log=log), resolve_data(calib_data, None, log=log)
+    with progress_bars() as progress:
+        a = advise(model, budget, text, calib_text, settings, store, families=split_names([formats]), act=act,
+                   handlings=split_names(handling) or None, bits_max=bits_max, rounds=rounds, recipe_out=recipe_out,
+                   data=data, log=log, progress_factory=windows_progress(progress))
+    table = Table(title=f"{a.model}: KLD budget {budget:g} ({a.rounds} round(s))")
+    for col in ("", "scheme", "handling", "bits/weight", "predicted KLD", "verified KLD", "Δppl %", "same top"):
+        table.add_column(col, justify="left" if col in ("", "scheme", "handling") else "right")
+    f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    for c in a.comparisons:
+        table.add_row(c["what"], c["scheme"], c["handling"], f(c["bits"], ".3f"), f(c["predicted"], ".4f"),
+                      f(c["kld"], ".4f"), f(c["delta_ppl_pct"], "+.2f"), f(c["same_top"], ".3f"))
+    stdout.print(table)
+    raised = {n: fmt for n, fmt in a.scheme.overrides}
+    if raised:
+        from qsink.quant.mixture import format_name
+
+        log(f"{len(raised)} linear(s) raised above {format_name(a.scheme.weight)}: "
+            + ", ".join(f"{n} {format_name(fmt)}" for n, fmt in list(raised.items())[:12]) + (" ..." if len(raised) > 12 else ""))
+    if not a.record["advice"]["meets_budget"]:
+        log(f"the verified KLD {a.record['advice']['verified_kld']:.4g} misses the budget after {a.rounds} round(s); "
+            "raise --rounds, --calib or the budget")
+    log(f"record: {a.record_path}")
+    log(f"recipe: {a.recipe_path} (qsink evaluate --recipe {a.recipe_path} evaluates it again)")
+    if not a.record["advice"]["meets_budget"]:
+        raise typer.Exit(2)
+
+
 @app.command()
 def train(
     recipe: Path = typer.Argument(..., help="A YAML recipe (recipes/variants/*.yaml)."),

@@ -28,6 +28,7 @@ from qsink.validate import split_names
 LISTS = ("models", "schemes", "handling", "tasks", "include", "handling_options")  # matrix axes and other lists
 NOT_IN_FILES = ("force", "trust_remote_code")  # command-line only
 SCALARS = ("data", "out") + tuple(f.name for f in fields(EvalSettings) if f.name not in LISTS + NOT_IN_FILES)
+MAPS = ("mixtures",)  # name -> mixture spec (qsink.quant.mixture): schemes a recipe defines, e.g. what qsink advise wrote
 REMOTE_CODE = ("eval recipe {path}: trust_remote_code cannot be set in a file (a recipe must not turn on code execution "
                "behind the user's back); remove the key and pass --trust-remote-code on the command line if you trust the model")
 
@@ -36,10 +37,10 @@ def check_recipe_keys(raw: dict, where: str) -> None:
     """Refuse unknown keys, and ``trust_remote_code``, which only the command line may turn on."""
     if "trust_remote_code" in raw:
         raise QsinkError(REMOTE_CODE.format(path=where))
-    unknown = sorted(set(raw) - set(LISTS) - set(SCALARS))
+    unknown = sorted(set(raw) - set(LISTS) - set(SCALARS) - set(MAPS))
     if unknown:
         raise QsinkError(f"eval recipe {where}: unknown key(s) {', '.join(unknown)}; "
-                         f"valid keys: {', '.join(sorted(LISTS + SCALARS))}")
+                         f"valid keys: {', '.join(sorted(LISTS + SCALARS + MAPS))}")
 
 
 def load_eval_recipe(path: str | Path) -> dict:
@@ -133,7 +134,10 @@ def with_recipe(recipe: dict, options: dict, given: set[str]) -> dict:
 
 def plan_matrix(opts: dict, force: bool = False):
     """Validated (cells, dropped reasons, tasks, EvalSettings) from evaluate options (EvalSettings' fields
-    plus the matrix axes ``schemes`` and ``handling``)."""
+    plus the matrix axes ``schemes`` and ``handling``, and the ``mixtures`` a recipe defines)."""
+    from qsink.quant.mixture import register_mixtures
+
+    register_mixtures(opts.get("mixtures"))
     settings = EvalSettings.from_options(opts, include=split_names(opts.get("include")),
                                          tasks=split_names(opts.get("tasks")), force=force,
                                          handling_options=tuple(opts.get("handling_options") or ()))

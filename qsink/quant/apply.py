@@ -193,6 +193,17 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
                    "calibration_cached": bool(from_shared and shared.loaded),
                    "rewrite": "shared" if base is not None else ("own" if not handler.inputs_unchanged else "none")},
     }
+    if qlinears and any(q.weight_fmt is not None for q in qlinears.values()):
+        from qsink.quant.mixture import bits_per_weight
+
+        n = sum(q.weight_fp.numel() for q in qlinears.values())
+        report["weight_bits"] = sum(q.weight_fp.numel() * bits_per_weight(q.weight_fmt, q.in_features)
+                                    for q in qlinears.values()) / n  # stored bits per weight of the quantized linears
+    if scheme.overrides:
+        from qsink.quant.mixture import format_name
+
+        report["mixture"] = {name: format_name(q.weight_fmt) if q.weight_fmt is not None else "fp16"
+                             for name, q in qlinears.items()}
     if scheme.ftype is not None:  # every linear's GGUF type (after the handler, which may change them: imatrix)
         types = {n: q.weight_fmt.gguf_type for n, q in qlinears.items()} if qlinears else gguf_types
         counts: dict[str, int] = {}

@@ -135,8 +135,13 @@ class Scheme:
     kv: QuantFormat | None = None  # k and v after projection (before RoPE), per token
     ftype: str | None = None  # a llama.cpp file type (Q4_K_M, ...): each linear's GGUF type by llama.cpp's rule
     cpu_acts: bool = False  # with ftype: inputs rounded as llama.cpp's CPU matmuls do (Q8_0 / Q8_K per weight type)
+    # per-linear weight formats that differ from ``weight`` (``("11.mlp.down_proj", fmt)``): a mixture chosen
+    # for one model (qsink advise); linears are named as QLinear names them, LAYER.NAME
+    overrides: tuple[tuple[str, QuantFormat], ...] = ()
 
     def __post_init__(self):
+        if self.overrides and self.ftype is not None:
+            raise ValueError("a scheme takes per-linear overrides or a llama.cpp file type's rule, not both")
         if self.act_static and (self.act is None or self.act.dtype != "int" or not self.act.symmetric
                                 or self.act.granularity != PER_TENSOR):
             raise ValueError("static activation scales need a symmetric per-tensor integer activation format")
@@ -151,7 +156,12 @@ class Scheme:
         ``self_attn.v_proj``; ``layer`` of ``n_layers``; rows of ``in_features``). One format for
         every linear here; mixtures (llama.cpp's Q4_K_M, say) choose per linear."""
         if self.ftype is None:
-            return self.weight
+            fmt = dict(self.overrides).get(f"{layer}.{name}", self.weight) if self.overrides else self.weight
+            if fmt is not None and fmt.dtype == "gguf" and fmt.gguf_type != "F16":  # rows that do not split into
+                from qsink.quant import gguf_formats as G  # the type's blocks get llama.cpp's fallback type
+
+                return gguf_format(G.usable_type(fmt.gguf_type, in_features)[0])
+            return fmt
         return gguf_format(self.gguf_choice(name, layer, n_layers, in_features, n_gqa, has_imatrix)[0])
 
     def gguf_choice(self, name: str, layer: int, n_layers: int, in_features: int, n_gqa: int = 1,
@@ -187,6 +197,8 @@ class Scheme:
              "kv": self.kv.to_dict() if self.kv else None}
         if self.ftype:
             d.update(ftype=self.ftype, cpu_acts=self.cpu_acts)
+        if self.overrides:  # only mixtures carry the key: the other schemes keep the identity they had
+            d["overrides"] = {name: fmt.to_dict() for name, fmt in self.overrides}
         return d
 
 

@@ -58,7 +58,16 @@ def _settings(p: dict):
     return EvalSettings(**p["settings"])
 
 
+def _register(p: dict) -> None:
+    """The job's mixture scheme (defined by its sweep block), registered in this worker's process."""
+    if p.get("mixture"):
+        from qsink.quant.mixture import register_mixtures
+
+        register_mixtures({p["scheme"]: p["mixture"]})
+
+
 def _evaluate(p: dict) -> tuple[str, str]:
+    _register(p)
     settings = _settings(p)
     cell = Cell(p["scheme"], p["handling"])
     cells = [cell] if cell.scheme == "fp" else [Cell("fp"), cell]  # the fp record is there already (a dependency)
@@ -128,6 +137,7 @@ def _probe(sweep: Sweep, strict: bool = True) -> dict[str, str | None]:
         res = model(p["model"])
         if res is None:
             return None
+        _register(p)
         settings = _settings(p)
         if settings.force:
             return None

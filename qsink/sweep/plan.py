@@ -130,6 +130,8 @@ def load_sweep(path: str | Path, device: str = "auto", out: str | Path | None = 
                 deps = tuple(d for d in (train_key, None if cell.scheme == "fp" else fp_key) if d)
                 payload = {"model": model, "scheme": cell.scheme, "handling": cell.handling,
                            "settings": settings.to_dict(), "data": block.get("data"), "records": str(records)}
+                if block.get("mixtures") and cell.scheme in block["mixtures"]:  # a worker registers it again
+                    payload["mixture"] = block["mixtures"][cell.scheme]
                 same = next((j for j in jobs if j.key == key), None)
                 if same is not None and same.payload == payload:
                     continue  # the same cell again (every block has its model's fp cell): one job

@@ -1,0 +1,140 @@
+"""qsink advise on a tiny model with one planted sensitive linear: the advisor raises that linear and
+nothing else, the verified KL divergence meets the budget, an unreachable budget is one line and
+exit 2, and the written recipe evaluates the same cell again."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from qsink.data.text import Text
+from qsink.data.windows import make_windows
+from qsink.evaluate.advise import BudgetNotMet, search_path, Measured
+from qsink.quant import quantize_
+from qsink.quant.mixture import mixture_scheme, register_mixtures, mixture_spec
+from tests.conftest import SAMPLE_TEXT, make_tokenizer, run_cli
+
+PLANTED = "1.mlp.down_proj"
+
+
+def _kld(fp, q, windows) -> float:
+    """KL(p_fp || p_q) per position, written out here rather than taken from qsink."""
+    with torch.no_grad():
+        lp = torch.log_softmax(fp(input_ids=windows.input_ids).logits.double(), -1)
+        lq = torch.log_softmax(q(input_ids=windows.input_ids).logits.double(), -1)
+        return float((lp.exp() * (lp - lq)).sum(-1).mean())
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """A tiny Llama with a loud block-1 FFN (down_proj x8), then a function-preserving plant in it: FFN
+    channel 5 made 100x quieter inside (up_proj row 5 / 100) and down_proj column 5 100x louder. That
+    column then sets the range of every row of down_proj, whose other weights 3- and 4-bit formats
+    round away; 8 bits keep them. The function is unchanged by the plant."""
+    tok = make_tokenizer(add_bos=False)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, max_position_embeddings=128, initializer_range=0.02)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight *= 8.0
+    before = make_windows(tok, Text("s", SAMPLE_TEXT, "0"), ctx=32, max_tokens=2 * 32)
+    ref = model(input_ids=before.input_ids).logits.detach()
+    with torch.no_grad():
+        mlp = model.model.layers[1].mlp
+        mlp.up_proj.weight[5] /= 100.0
+        mlp.down_proj.weight[:, 5] *= 100.0
+    assert torch.allclose(model(input_ids=before.input_ids).logits, ref, atol=1e-5)  # function-preserving
+    path = tmp_path_factory.mktemp("advise") / "planted"
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path, model, tok
+
+
+def _quantized(model, tok, formats: dict[str, str], base: str):
+    q = copy.deepcopy(model)
+    quantize_(q, mixture_scheme("t", {"weight": base, "overrides": formats}), "none", None, tok, sqnr=False)
+    return q
+
+
+def test_the_advisor_raises_the_planted_linear_and_nothing_else(planted, sample_text_file, tmp_path, capsys):
+    path, model, tok = planted
+    windows = make_windows(tok, Text("s", SAMPLE_TEXT, "0"), ctx=32, max_tokens=8 * 32)
+    everywhere = _kld(model, _quantized(model, tok, {}, "int3-g128"), windows)
+    fixed = _kld(model, _quantized(model, tok, {PLANTED: "int8"}, "int3-g128"), windows)
+    assert everywhere > 4 * fixed  # the plant carries most of the damage (checked independently of the advisor)
+    budget = 2 * fixed
+    args = ["advise", str(path), "--budget", f"{budget:.6g}", "--formats", "int", "--data", f"file:{sample_text_file}",
+            "--calib-data", f"file:{sample_text_file}", "--ctx", "32", "--max-tokens", "256", "--calib", "8",
+            "--out", str(tmp_path / "r")]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    recipe = next((tmp_path / "r").glob("advised-*.yaml"))
+    import yaml
+
+    doc = yaml.safe_load(recipe.read_text())
+    (name,) = doc["mixtures"]
+    spec = doc["mixtures"][name]
+    assert spec["weight"] == "int3-g128" and list(spec["overrides"]) == [PLANTED]
+    assert spec["overrides"][PLANTED] in ("int6-g128", "int8")
+    (rec_path,) = [p for p in (tmp_path / "r").glob(f"*{name}*.json")]
+    rec = json.loads(rec_path.read_text())
+    adv = rec["advice"]
+    assert adv["verified_kld"] == rec["metrics"]["kld_mean"] and adv["verified_kld"] <= budget  # verified, not predicted
+    assert adv["predicted_kld"] > 0 and adv["meets_budget"] and rec["identity"]["scheme"] == name
+    assert rec["config"]["quant"]["mixture"][PLANTED] == spec["overrides"][PLANTED]
+    assert "uniform, nearest size" in out and "llama.cpp file type, nearest size" in out
+    # the recipe, as written, is the same cell: evaluate finds it
+    code, _, err = run_cli(["evaluate", "--recipe", str(recipe), "--out", str(tmp_path / "r")], capsys)
+    assert code == 0 and "already had a record" in err, err
+
+
+def test_a_budget_no_recipe_meets_is_one_line_and_exit_2(planted, sample_text_file, tmp_path, capsys):
+    path, _, _ = planted
+    args = ["advise", str(path), "--budget", "1e-9", "--bits-max", "4.5", "--formats", "int",
+            "--data", f"file:{sample_text_file}", "--calib-data", f"file:{sample_text_file}", "--ctx", "32",
+            "--max-tokens", "128", "--calib", "2", "--out", str(tmp_path / "r")]
+    code, _, err = run_cli(args, capsys)
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(lines) == 1, err
+    assert "no recipe within 4.5 bits per weight meets KLD <= 1e-09: the closest," in lines[0]
+    assert "reaches a predicted KLD of" in lines[0] and not list((tmp_path / "r").glob("advised-*"))
+
+
+def test_the_search_walks_the_convex_hulls_by_kld_removed_per_bit():
+    """Known answer on a hand-made table: two linears of 100 weights, formats of 2/4/8 bits (ladder int)."""
+    lin = {"0.a": 100, "0.b": 100}
+    inf = {"0.a": 128 * 4, "0.b": 128 * 4}
+    # a: 4 bits removes 1.0, 6 bits 0.05 more; b: 4 bits removes 0.1, 6 bits nothing more
+    table = {"int3-g128": {"0.a": 1.2, "0.b": 0.2}, "int4-g128": {"0.a": 0.2, "0.b": 0.1},
+             "int6-g128": {"0.a": 0.15, "0.b": 0.1}, "int8": {"0.a": 0.15, "0.b": 0.1}}
+    opts = {f: Measured("none", f, 0, 0, dict(v), {"0.a": 0.0, "0.b": 0.0}) for f, v in table.items()}
+    path = search_path(lin, inf, opts, "none", "int")
+    steps = [p.formats for p in path]
+    assert steps[0] == {"0.a": "int3-g128", "0.b": "int3-g128"}
+    assert steps[1] == {"0.a": "int4-g128", "0.b": "int3-g128"}  # 1.0 removed per 100 bits first
+    assert steps[2] == {"0.a": "int4-g128", "0.b": "int4-g128"}  # then 0.1 per 100 bits
+    assert steps[3] == {"0.a": "int6-g128", "0.b": "int4-g128"}  # then 0.05 per 200 bits
+    assert len(path) == 4  # int8 removes nothing more for either: never chosen
+    assert [round(p.predicted, 6) for p in path] == [1.4, 0.4, 0.3, 0.25]
+    assert path[1].bits == pytest.approx((4.25 + 3.25) / 2)
+
+
+def test_a_mixture_spec_round_trips_and_a_clash_is_refused():
+    from qsink.errors import QsinkError
+
+    spec = {"weight": "q4_k", "act": None, "overrides": {"3.mlp.down_proj": "q8_0"}, "description": "d"}
+    s = mixture_scheme("rt-mixture", spec)
+    assert mixture_spec(s) == spec
+    assert register_mixtures({"rt-mixture": spec}) == ["rt-mixture"] == register_mixtures({"rt-mixture": spec})
+    with pytest.raises(QsinkError, match="exists already with another definition"):
+        register_mixtures({"rt-mixture": {**spec, "weight": "q5_k"}})
+    with pytest.raises(QsinkError, match="is not a linear name"):
+        mixture_scheme("bad", {"weight": "q4_k", "overrides": {"down_proj": "q8_0"}})
+    with pytest.raises(QsinkError, match="unknown weight format 'q9_k'"):
+        mixture_scheme("bad", {"weight": "q9_k"})
