@@ -215,7 +215,7 @@ def ablate_cmd(
 @app.command("advise")
 def advise_cmd(
     model: str = typer.Argument(..., help="Built-in name, .gguf file, Hugging Face checkpoint directory or hub id (org/name[@REVISION][:FILE.gguf])."),
-    budget: float = typer.Option(..., "--budget", help="The largest mean KL divergence from the fp model (nats per token) the recipe may reach."),
+    budgets: str = typer.Option("0.01,0.05", "--budget", help="The largest mean KL divergence from the fp model (nats per token) a recipe may reach; several, comma-separated, give one recipe each (the measurements are shared)."),
     bits_max: Optional[float] = typer.Option(None, "--bits-max", help="The most stored bits per weight (scales included) a recipe may take."),
     formats: str = typer.Option("int,gguf", "--formats", help="Format families to choose from: int, gguf, mx, nv (a recipe stays within one)."),
     act: Optional[str] = typer.Option(None, "--act", help="Also quantize every linear's input: int8, int4, mxfp4, nvfp4 or fp8 (default: weights only)."),
@@ -247,13 +247,42 @@ def advise_cmd(
     settings = EvalSettings(ctx=ctx, max_tokens=max_tokens, batch_size=batch_size, calib=calib, calib_data=calib_data,
                             seed=seed, device=device, dtype=dtype, profile_samples=0,
                             handling_options=tuple(handling_options))
+    try:
+        wanted = [float(b) for b in split_names([budgets])]
+    except ValueError:
+        raise QsinkError(f"--budget {budgets!r}: give KL divergences as numbers, e.g. --budget 0.01,0.05") from None
+    if not wanted:
+        raise QsinkError("--budget names no budget; e.g. --budget 0.05")
+    if recipe_out is not None and len(wanted) > 1:
+        raise QsinkError("--recipe-out names one file, but --budget gives several budgets; drop --recipe-out (each recipe "
+                         "goes to OUT/NAME.yaml)")
     store = RecordStore(out)
     store.ensure_writable()
     text, calib_text = resolve_data(data, None, log=log), resolve_data(calib_data, None, log=log)
-    with progress_bars() as progress:
-        a = advise(model, budget, text, calib_text, settings, store, families=split_names([formats]), act=act,
-                   handlings=split_names(handling) or None, bits_max=bits_max, rounds=rounds, recipe_out=recipe_out,
-                   data=data, log=log, progress_factory=windows_progress(progress))
+    from qsink.evaluate.advise import BudgetNotMet
+    from qsink.quant.mixture import format_name
+
+    missed: list[QsinkError] = []
+    for budget in wanted:
+        try:
+            with progress_bars() as progress:
+                a = advise(model, budget, text, calib_text, settings, store, families=split_names([formats]), act=act,
+                           handlings=split_names(handling) or None, bits_max=bits_max, rounds=rounds,
+                           recipe_out=recipe_out, data=data, log=log, progress_factory=windows_progress(progress))
+        except BudgetNotMet as e:
+            if len(wanted) == 1:
+                raise
+            log(f"budget {budget:g}: {e}")
+            missed.append(e)
+            continue
+        _print_advice(a, budget, format_name)
+        if not a.record["advice"]["meets_budget"]:
+            missed.append(QsinkError(f"budget {budget:g} missed after {a.rounds} round(s)"))
+    if missed:
+        raise typer.Exit(2)
+
+
+def _print_advice(a, budget: float, format_name) -> None:
     table = Table(title=f"{a.model}: KLD budget {budget:g} ({a.rounds} round(s))")
     for col in ("", "scheme", "handling", "bits/weight", "predicted KLD", "verified KLD", "Δppl %", "same top"):
         table.add_column(col, justify="left" if col in ("", "scheme", "handling") else "right")
@@ -264,17 +293,13 @@ def advise_cmd(
     stdout.print(table)
     raised = {n: fmt for n, fmt in a.scheme.overrides}
     if raised:
-        from qsink.quant.mixture import format_name
-
         log(f"{len(raised)} linear(s) raised above {format_name(a.scheme.weight)}: "
             + ", ".join(f"{n} {format_name(fmt)}" for n, fmt in list(raised.items())[:12]) + (" ..." if len(raised) > 12 else ""))
     if not a.record["advice"]["meets_budget"]:
-        log(f"the verified KLD {a.record['advice']['verified_kld']:.4g} misses the budget after {a.rounds} round(s); "
-            "raise --rounds, --calib or the budget")
+        log(f"the verified KLD {a.record['advice']['verified_kld']:.4g} misses the budget {budget:g} after {a.rounds} "
+            "round(s); raise --rounds, --calib or the budget")
     log(f"record: {a.record_path}")
     log(f"recipe: {a.recipe_path} (qsink evaluate --recipe {a.recipe_path} evaluates it again)")
-    if not a.record["advice"]["meets_budget"]:
-        raise typer.Exit(2)
 
 
 @app.command()

@@ -90,9 +90,14 @@ def uniform_scheme(fmt: str, act: str | None) -> Scheme:
 
 
 def measure(fp_model, tok, calib, linears: dict[str, int], handlings: list[str], formats: list[str], act: str | None,
-            settings: EvalSettings, log: Callable[[str], None] = print) -> dict[tuple[str, str], Measured]:
-    """Step 1 for every (handling, format) that makes sense together; the others are left out with a log line."""
+            settings: EvalSettings, cache: Path | None = None, model_pin: str = "", log: Callable[[str], None] = print,
+            on_step: Callable[[int], None] | None = None) -> dict[tuple[str, str], Measured]:
+    """Step 1 for every (handling, format) that makes sense together; the others are left out with a log
+    line. ``cache``: a directory where each pair's measurement is kept (keyed by the model, the
+    calibration windows and the settings that change it), so a second budget or an interrupted run
+    measures nothing twice."""
     out: dict[tuple[str, str], Measured] = {}
+    windows_sha = hashlib.sha256(calib.input_ids.numpy().tobytes()).hexdigest()
     for h in handlings:
         for f in formats:
             scheme = uniform_scheme(f, act)
@@ -100,19 +105,51 @@ def measure(fp_model, tok, calib, linears: dict[str, int], handlings: list[str],
                 check_combination(scheme, h, settings.options_for(h))
             except QsinkError as e:
                 log(f"advise: {f} with {h} left out ({e})")
+                if on_step:
+                    on_step(1)
                 continue
-            q = copy.deepcopy(fp_model)
-            quantize_(q, scheme, h, calib, tok, settings.options_for(h), sqnr=False, batch_size=settings.batch_size)
-            sens = fisher_sensitivity(q, calib, batch_size=1, seed=settings.seed)
-            meas = measured_kld(fp_model, q, calib)
-            del q
-            raw = sum(v["weight"] + v["act"] for v in sens.values())
-            scale = meas / raw if raw > 0 else 1.0
-            m = Measured(h, f, raw, meas, {n: scale * v["weight"] for n, v in sens.items() if n in linears},
-                         {n: scale * v["act"] for n, v in sens.items() if n in linears})
+            ident = {"version": ADVICE_VERSION, "model": model_pin, "windows_sha256": windows_sha, "handling": h,
+                     "options": settings.options_for(h), "format": f, "act": act, "dtype": settings.dtype,
+                     "seed": settings.seed, "linears": len(linears)}
+            path = None if cache is None else Path(cache) / f"measure-{_key(ident)[:20]}.json"
+            m = _load_measured(path, ident)
+            if m is None:
+                q = copy.deepcopy(fp_model)
+                quantize_(q, scheme, h, calib, tok, settings.options_for(h), sqnr=False, batch_size=settings.batch_size)
+                sens = fisher_sensitivity(q, calib, batch_size=1, seed=settings.seed)
+                meas = measured_kld(fp_model, q, calib)
+                del q
+                raw = sum(v["weight"] + v["act"] for v in sens.values())
+                scale = meas / raw if raw > 0 else 1.0
+                m = Measured(h, f, raw, meas, {n: scale * v["weight"] for n, v in sens.items() if n in linears},
+                             {n: scale * v["act"] for n, v in sens.items() if n in linears})
+                if path is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write_text(path, json.dumps({"identity": ident, "predicted_raw": m.predicted_raw,
+                                                        "measured": m.measured, "weight": m.weight, "act": m.act}))
+                log(f"advise: {h} {f}: predicted KLD {raw:.4g}, measured {meas:.4g} on the calibration windows")
             out[(h, f)] = m
-            log(f"advise: {h} {f}: predicted KLD {raw:.4g}, measured {meas:.4g} on the calibration windows")
+            if on_step:
+                on_step(1)
     return out
+
+
+def _key(ident: dict) -> str:
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+
+def _load_measured(path: Path | None, ident: dict) -> Measured | None:
+    """A kept measurement when its file holds this identity; a damaged or foreign file is measured again."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+        if d["identity"] != ident:
+            return None
+        return Measured(ident["handling"], ident["format"], float(d["predicted_raw"]), float(d["measured"]),
+                        {k: float(v) for k, v in d["weight"].items()}, {k: float(v) for k, v in d["act"].items()})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def search_path(linears: dict[str, int], in_features: dict[str, int], options: dict[str, Measured], handling: str,
@@ -272,7 +309,10 @@ def advise(spec, budget: float, text: Text, calib_text: Text, settings: EvalSett
             in_features[f"{l}.{name}"] = lin.weight.shape[1]
     formats = [f for fam in families for f in FAMILIES[fam]]
     formats = list(dict.fromkeys(formats))
-    measured = measure(fp_model, tok, calib, linears, handlings, formats, act, settings, log)
+    n_pairs = len(handlings) * len(formats)
+    step = progress_factory(f"{res.name} · sensitivities", n_pairs) if progress_factory else None
+    measured = measure(fp_model, tok, calib, linears, handlings, formats, act, settings, cache=store.root / "advise",
+                       model_pin=res.pin, log=log, on_step=step)
     if not measured:
         raise QsinkError("no (handling, format) pair of this request can be quantized; see the lines above")
     paths = []

@@ -361,6 +361,107 @@ def spinquant_table(records: list[dict], every: int = 10) -> str:
     return table(rows) if rows else "_(no SpinQuant training in these records)_"
 
 
+def _weight_cells(records: list[dict]) -> list[dict]:
+    """Quantized ok cells with their stored bits per weight and KLD: model, scheme, handling, kind
+    (advised, uniform int / gguf, llama.cpp file type), bits, kld, and the advice block where there is one."""
+    out = []
+    for r in records:
+        if r.get("status") != "ok" or r.get("identity", {}).get("scheme") in (None, "fp"):
+            continue
+        q = r.get("config", {}).get("quant", {})
+        bits = q.get("weight_bits") or (q.get("gguf") or {}).get("bits_per_weight")
+        kld = r.get("metrics", {}).get("kld_mean")
+        if bits is None or kld is None:
+            continue
+        scheme = r["identity"]["scheme"]
+        kind = ("advised" if "advice" in r else "uniform gguf" if scheme.startswith("uniform-q") else
+                "uniform int" if scheme.startswith("uniform-int") else "llama.cpp file type" if scheme.startswith("gguf-")
+                and not scheme.endswith("-cpu") else None)
+        if kind is None:
+            continue
+        out.append({"model": r["config"]["model"]["name"], "scheme": scheme, "handling": r["identity"]["handling"],
+                    "kind": kind, "bits": float(bits), "kld": float(kld), "advice": r.get("advice"),
+                    "delta_ppl_pct": r.get("metrics", {}).get("delta_ppl_pct")})
+    return out
+
+
+def advise_table(records: list[dict]) -> str:
+    """Per advised recipe: the budget, what was predicted and verified, its bits per weight, and the uniform
+    format and llama.cpp file type nearest in bits with their measured KLD."""
+    cells = _weight_cells(records)
+    rows = []
+    for c in sorted((c for c in cells if c["kind"] == "advised"), key=lambda c: (c["model"], c["advice"]["budget_kld"])):
+        a = c["advice"]
+        same = [o for o in cells if o["model"] == c["model"] and o["handling"] == c["handling"]]
+
+        def nearest(kinds):
+            pool = [o for o in same if o["kind"] in kinds]
+            return min(pool, key=lambda o: abs(o["bits"] - c["bits"])) if pool else None
+
+        uni, ft = nearest(("uniform int", "uniform gguf")), nearest(("llama.cpp file type",))
+        show = lambda o: "-" if o is None else f"{o['scheme']}: {o['bits']:.3f} b, KLD {o['kld']:.4f}"  # noqa: E731
+        rows.append({"model": c["model"], "budget": f"{a['budget_kld']:g}", "family / handling": f"{a['family']} / {a['handling']}",
+                     "bits / weight": f"{c['bits']:.3f}", "predicted KLD": f"{a['predicted_kld']:.4f}",
+                     "verified KLD": f"{c['kld']:.4f}", "meets": "yes" if a["meets_budget"] else "no",
+                     "rounds": a["rounds"], "uniform, nearest size": show(uni), "llama.cpp file type, nearest size": show(ft)})
+    return table(rows) if rows else "_(no advised recipes in these records)_"
+
+
+def advise_recipes_table(records: list[dict]) -> str:
+    """What each advised recipe is: its base format and the linears it raises, by format."""
+    rows = []
+    for r in records:
+        a = r.get("advice")
+        mix = r.get("config", {}).get("quant", {}).get("mixture") if a else None
+        if not mix:
+            continue
+        counts: dict[str, int] = {}
+        for f in mix.values():
+            counts[f] = counts.get(f, 0) + 1
+        base = max(counts, key=lambda f: counts[f])
+        raised: dict[str, list[str]] = {}
+        for name, f in mix.items():
+            if f != base:
+                raised.setdefault(f, []).append(name)
+        kinds = lambda names: ", ".join(f"{k} {v}" for k, v in pd.Series([n.split(".", 1)[1] for n in names]).value_counts().items())  # noqa: E731
+        rows.append({"model": r["config"]["model"]["name"], "budget": f"{a['budget_kld']:g}", "scheme": r["identity"]["scheme"],
+                     "most linears": f"{base} ({counts[base]} of {len(mix)})",
+                     "raised (linears by kind)": "; ".join(f"{f}: {kinds(n)}" for f, n in sorted(raised.items())) or "-"})
+    return table(rows) if rows else "_(no advised recipes in these records)_"
+
+
+def plot_advise(records: list[dict], plots_dir: Path) -> dict[str, Path]:
+    """One plot per model: measured KLD against stored bits per weight for the uniform formats, llama.cpp's file
+    types and the advised recipes (stars, with their budgets as dashed lines)."""
+    cells = _weight_cells(records)
+    made = {}
+    for model in dict.fromkeys(c["model"] for c in cells if c["kind"] == "advised"):
+        mine = [c for c in cells if c["model"] == model and (c["handling"] == "none" or c["kind"] == "advised")]
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        style = {"uniform int": ("s", "tab:blue"), "uniform gguf": ("o", "tab:green"),
+                 "llama.cpp file type": ("^", "tab:gray"), "advised": ("*", "tab:red")}
+        for kind, (marker, color) in style.items():
+            pts = sorted((c for c in mine if c["kind"] == kind), key=lambda c: c["bits"])
+            if not pts:
+                continue
+            ax.plot([c["bits"] for c in pts], [max(c["kld"], 1e-6) for c in pts], marker=marker, color=color,
+                    ls="-" if kind.startswith("uniform") else "none", ms=11 if kind == "advised" else 6, label=kind)
+            for c in pts:
+                label = (f"≤{c['advice']['budget_kld']:g}" if kind == "advised" else
+                         c["scheme"].removeprefix("uniform-").removeprefix("gguf-"))
+                ax.annotate(label, (c["bits"], max(c["kld"], 1e-6)), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        for c in (c for c in mine if c["kind"] == "advised"):
+            ax.axhline(c["advice"]["budget_kld"], color="tab:red", lw=0.6, ls="--")
+        ax.set_yscale("log")
+        ax.set_xlabel("stored bits per weight (block linears, scales included)", fontsize=8)
+        ax.set_ylabel("mean KL divergence from fp (log)", fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+        ax.set_title(f"{model}: advised recipes against uniform formats and llama.cpp file types", fontsize=9)
+        made[f"advise-{model}"] = save_figure(fig, Path(plots_dir) / f"advise-{model}.png")
+    return made
+
+
 def _group_means(df: pd.DataFrame) -> pd.DataFrame:
     """Cells averaged over seeds, with the group as the model name (for the heatmap)."""
     ok = _ok(df)
@@ -455,6 +556,8 @@ def build_study(records: list[dict], baseline: str, reference_data: str | None =
         "gguf-types": gguf_table(records),
         "imatrix": imatrix_table(records, profiles),
         "spinquant": spinquant_table(records),
+        "advise": advise_table(records),
+        "advise-recipes": advise_recipes_table(records),
     }
     none = "_(no records on a second text)_"
     blocks.update({"handling-reference": none, "reference-cells": none})
@@ -478,6 +581,7 @@ def build_study(records: list[dict], baseline: str, reference_data: str | None =
         if ref_data:
             made["handling-reference"] = plot_handling(df, ref_data, plots_dir / "handling-reference.png",
                                                        f"Δppl % of {', '.join(df[df['data'] == ref_data]['group'].unique())} ({ref_data})")
+        made.update(plot_advise(records, plots_dir))
         plots = {name: p for name, p in made.items() if p}
     return df, blocks, plots
 
@@ -502,7 +606,7 @@ def write_study(records: list[dict], baseline: str, csv: Path | None, plots_dir:
     filled = {}
     for f in map(Path, fill):
         here = dict(blocks)
-        for name in PLOTS:
+        for name in list(PLOTS) + [n for n in plots if n not in PLOTS]:
             p = plots.get(name)
             here[f"plot-{name}"] = (f"![{name}]({Path(_relpath(p, f.parent)).as_posix()})" if p else
                                     "_(no plot: pass --plots DIR)_" if plots_dir is None else "_(no plot: no data for it)_")

@@ -138,3 +138,31 @@ def test_a_mixture_spec_round_trips_and_a_clash_is_refused():
         mixture_scheme("bad", {"weight": "q4_k", "overrides": {"down_proj": "q8_0"}})
     with pytest.raises(QsinkError, match="unknown weight format 'q9_k'"):
         mixture_scheme("bad", {"weight": "q9_k"})
+
+
+def test_two_budgets_share_one_measurement_and_the_study_shows_them(planted, sample_text_file, tmp_path, capsys):
+    """Each (handling, format) is measured once for both budgets (kept on disk: a rerun measures nothing), and
+    ``qsink study`` tabulates and plots the advised recipes against the uniform cells they were verified beside."""
+    path, _, _ = planted
+    out = tmp_path / "r"
+    args = ["advise", str(path), "--budget", "0.002,0.02", "--formats", "int", "--data", f"file:{sample_text_file}",
+            "--calib-data", f"file:{sample_text_file}", "--ctx", "32", "--max-tokens", "256", "--calib", "8",
+            "--out", str(out)]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert [ln.startswith("advise: none int3-g128: predicted") for ln in err.splitlines()].count(True) == 1
+    assert len(list((out / "advise").glob("measure-*.json"))) == 4  # one per int format
+    advised = [json.loads(p.read_text()) for p in out.glob("*advised-*.json")]
+    assert sorted(r["advice"]["budget_kld"] for r in advised) == [0.002, 0.02]
+    assert all(r["advice"]["verified_kld"] <= r["advice"]["budget_kld"] for r in advised)
+    bits = {r["advice"]["budget_kld"]: r["advice"]["bits_per_weight"] for r in advised}
+    assert bits[0.002] >= bits[0.02]  # a tighter budget never costs fewer bits
+    code, _, err = run_cli(args, capsys)
+    assert code == 0 and not [ln for ln in err.splitlines() if ln.startswith("advise: none int")]  # nothing measured again
+    from qsink.results.study import advise_table, plot_advise
+
+    records = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    text = advise_table(records)
+    assert text.count("| planted |") == 2 and "uniform-int" in text
+    plots = plot_advise(records, tmp_path / "plots")
+    assert list(plots) == ["advise-planted"] and plots["advise-planted"].stat().st_size > 1000
