@@ -432,6 +432,38 @@ def bench_matrix(model: str, schemes=MATRIX_SCHEMES, handling=MATRIX_HANDLING, m
             "per_cell": rows, "profile_s": profile_s, "machine": machine(), "env": env_info()}
 
 
+def bench_advise(model: str, budgets=(0.01, 0.05), families=("int", "gguf"), max_tokens: int = 4096,
+                 settings: EvalSettings | None = None, log=print, progress_factory=None) -> dict:
+    """``qsink bench advise``: ``qsink advise`` at ``budgets`` from a cold start (no kept measurements, no records),
+    and, in the same run, the evaluation matrix of ``qsink bench matrix``: the advisor's wall time in units of one
+    full matrix of the same model (target: a few)."""
+    from qsink.data.resolve import resolve_data
+    from qsink.evaluate.advise import advise
+    from qsink.records import RecordStore
+
+    settings = settings or EvalSettings(max_tokens=max_tokens, profile_samples=0)
+    text = resolve_data("austen:test", None, log=log)
+    calib_text = resolve_data(settings.calib_data, None, log=log)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="qsink-bench-advise-") as tmp:
+        t0 = time.perf_counter()
+        for b in budgets:
+            a = advise(model, b, text, calib_text, settings, RecordStore(tmp), families=list(families), log=log,
+                       progress_factory=progress_factory)
+            runs.append({"budget": b, "bits_per_weight": a.chosen.bits, "predicted_kld": a.chosen.predicted,
+                         "verified_kld": a.record["advice"]["verified_kld"], "rounds": a.rounds, **a.timing})
+        advise_s = time.perf_counter() - t0
+    matrix = bench_matrix(model, settings=EvalSettings(max_tokens=settings.max_tokens, ctx=settings.ctx,
+                                                       batch_size=settings.batch_size, dtype=settings.dtype,
+                                                       device=settings.device), log=log, progress_factory=progress_factory)
+    return {"bench": "advise", "model": model, "budgets": list(budgets), "families": list(families),
+            "settings": settings.to_dict(), "advise_s": advise_s, "matrix_s": matrix["matrix_s"],
+            "matrix_cells": matrix["cells"], "ratio": advise_s / matrix["matrix_s"], "runs": runs,
+            "definition": "advise at every budget, cold (measurements and records computed), against the evaluation "
+                          "matrix of 'qsink bench matrix' with the same windows, timed in the same run",
+            "machine": machine(), "env": env_info()}
+
+
 def peak_rss_mib() -> float:
     """The peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
 

@@ -138,6 +138,35 @@ def bench_matrix_cmd(
                  f"references: {doc['unaccounted_s']:.1f} s); wrote {out_file}", highlight=False)
 
 
+@bench_app.command("advise")
+def bench_advise_cmd(
+    model: str = typer.Argument("smollm2-135m"),
+    budgets: str = typer.Option("0.01,0.05", "--budget", help="KLD budgets, comma-separated (qsink advise's default)."),
+    formats: str = typer.Option("int,gguf", "--formats"),
+    max_tokens: int = typer.Option(4096, "--max-tokens", help="Evaluation tokens per cell, for the advisor's verification and the matrix."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    out_file: Path = typer.Option(Path("results/bench/advise.json"), "--out"),
+) -> None:
+    """qsink advise's wall time from a cold start, against one full evaluation matrix of the same model timed in
+    the same run (target: a few matrices)."""
+    from qsink.bench import bench_advise, write_json
+    from qsink.cli.common import progress_bars, windows_progress
+    from qsink.evaluate.settings import EvalSettings
+    from qsink.validate import split_names
+
+    _bench_check(out_file, device, max_tokens=max_tokens)
+    settings = EvalSettings(max_tokens=max_tokens, device=device, profile_samples=0)
+    with progress_bars() as progress:
+        doc = bench_advise(model, tuple(float(b) for b in split_names([budgets])), tuple(split_names([formats])),
+                           settings=settings, log=log, progress_factory=windows_progress(progress))
+    write_json(doc, out_file)
+    for r in doc["runs"]:
+        stdout.print(f"budget {r['budget']:g}: {r['bits_per_weight']:.3f} bits/weight, verified KLD {r['verified_kld']:.4f}; "
+                     f"measure {r['measure_s']:.0f} s, search {r['search_s']:.1f} s, verify {r['verify_s']:.0f} s", highlight=False)
+    stdout.print(f"advise {doc['advise_s'] / 60:.2f} min, matrix ({doc['matrix_cells']} cells) {doc['matrix_s'] / 60:.2f} min, "
+                 f"advise / matrix = {doc['ratio']:.2f}; wrote {out_file}", highlight=False)
+
+
 @bench_app.command("dtype")
 def bench_dtype_cmd(
     model: str = typer.Argument("smollm2-135m"),

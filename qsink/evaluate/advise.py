@@ -278,6 +278,7 @@ class Advice:
     recipe_path: Path
     rounds: int
     measured: list[dict]
+    timing: dict  # seconds: load (model, windows), measure (step 1), search, verify (the evaluations)
 
 
 def advise(spec, budget: float, text: Text, calib_text: Text, settings: EvalSettings, store: RecordStore,
@@ -295,6 +296,9 @@ def advise(spec, budget: float, text: Text, calib_text: Text, settings: EvalSett
     ladder(families)  # unknown families fail here
     act_format(act)
     handlings = list(handlings or (["none", "token-keep"] if act else ["none"]))
+    import time
+
+    t0 = time.perf_counter()
     res = resolve(spec, log=log)
     fp_model, tok = load(res, dtype=settings.dtype, device=settings.device, log=log)
     check_ctx(fp_model, settings.ctx, res.name)
@@ -309,12 +313,16 @@ def advise(spec, budget: float, text: Text, calib_text: Text, settings: EvalSett
             in_features[f"{l}.{name}"] = lin.weight.shape[1]
     formats = [f for fam in families for f in FAMILIES[fam]]
     formats = list(dict.fromkeys(formats))
+    timing = {"load_s": time.perf_counter() - t0}
+    t0 = time.perf_counter()
     n_pairs = len(handlings) * len(formats)
     step = progress_factory(f"{res.name} · sensitivities", n_pairs) if progress_factory else None
     measured = measure(fp_model, tok, calib, linears, handlings, formats, act, settings, cache=store.root / "advise",
                        model_pin=res.pin, log=log, on_step=step)
     if not measured:
         raise QsinkError("no (handling, format) pair of this request can be quantized; see the lines above")
+    timing["measure_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     paths = []
     for h in handlings:
         for fam in families:
@@ -324,9 +332,13 @@ def advise(spec, budget: float, text: Text, calib_text: Text, settings: EvalSett
     ftypes = _gguf_ftypes()
     gguf_sizes = {ft: gguf_mixture_bits(fp_model, ft) for ft in ftypes}
     del fp_model
+    timing["search_s"], timing["verify_s"] = time.perf_counter() - t0, 0.0
     target = budget
     for round_ in range(1, rounds + 1):
+        t0 = time.perf_counter()
         chosen = choose(paths, target, bits_max)
+        timing["search_s"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
         scheme = recipe_scheme(chosen, res.name, budget, act, linears)
         uni = min((f for f in formats if (chosen.handling, f) in measured),
                   key=lambda f: abs(_uniform_bits(f, linears, in_features) - chosen.bits))
@@ -338,6 +350,7 @@ def advise(spec, budget: float, text: Text, calib_text: Text, settings: EvalSett
                  Cell(f"gguf-{near.lower()}")]
         outcomes = run_cells([res], list(dict.fromkeys(cells)), text, settings, store, calib_text=calib_text, log=log,
                              progress_factory=progress_factory)
+        timing["verify_s"] += time.perf_counter() - t0
         by = {o.cell: o for o in outcomes}
         mine = by[cells[1]]
         if mine.record.get("status") != "ok":
@@ -360,6 +373,7 @@ def advise(spec, budget: float, text: Text, calib_text: Text, settings: EvalSett
                      for m in measured.values()],
         "top_weight_sensitivity": _top(measured, chosen),
         "top_act_sensitivity": _top(measured, chosen, part="act") if act else [],
+        "timing": timing,
     }
     atomic_write_text(mine.path, json.dumps(record, indent=1, default=str))
     comparisons = []
@@ -374,7 +388,7 @@ def advise(spec, budget: float, text: Text, calib_text: Text, settings: EvalSett
     recipe_path = recipe_out or store.root / f"{scheme.name}.yaml"
     write_recipe(recipe_path, res.spec, scheme, chosen.handling, settings, data)
     return Advice(res.name, budget, chosen, scheme, mine.path, record, comparisons, recipe_path, round_,
-                  record["advice"]["measured"])
+                  record["advice"]["measured"], timing)
 
 
 def _uniform_bits(fmt: str, linears: dict[str, int], in_features: dict[str, int]) -> float:

@@ -43,6 +43,7 @@ ACT_FORMATS: dict[str, QuantFormat] = {
     "nvfp4": QuantFormat("nvfp4", 4, True, per_group(16)),
     "fp8": QuantFormat("fp8", 8, True, PER_TOKEN),
 }
+REGISTERED: set[str] = set()  # the mixtures registered in this process (not built-in schemes)
 # the weight formats of each family, cheapest first: what --formats chooses among
 FAMILIES: dict[str, tuple[str, ...]] = {
     "int": ("int3-g128", "int4-g128", "int6-g128", "int8"),
@@ -147,6 +148,7 @@ def register_mixtures(mixtures: dict | None) -> list[str]:
                 raise QsinkError(f"scheme {name!r} exists already with another definition; give the mixture another name")
         else:
             SCHEMES.add(str(name), scheme)
+            REGISTERED.add(str(name))
         names.append(str(name))
     return names
 

@@ -18,7 +18,9 @@ def test_shipped_eval_recipes_are_valid():
     assert len(recipes) >= 2
     for p in recipes:
         r = load_eval_recipe(p)
-        cells, _ = plan_cells(r["schemes"], r["handling"])
+        from qsink.evaluate.plan import plan_matrix
+
+        cells, _, _, _ = plan_matrix(r)  # as qsink evaluate plans it: the mixtures a recipe defines are registered
         assert len(cells) > len(r["schemes"])  # fp plus at least one handling per scheme
         assert all(t in TASKS for t in r.get("tasks", []))
 
