@@ -433,7 +433,8 @@ def bench_matrix(model: str, schemes=MATRIX_SCHEMES, handling=MATRIX_HANDLING, m
 
 
 def bench_advise(model: str, budgets=(0.01, 0.05), families=("int", "gguf"), max_tokens: int = 4096,
-                 settings: EvalSettings | None = None, log=print, progress_factory=None) -> dict:
+                 settings: EvalSettings | None = None, matrix_schemes=MATRIX_SCHEMES, matrix_handling=MATRIX_HANDLING,
+                 log=print, progress_factory=None) -> dict:
     """``qsink bench advise``: ``qsink advise`` at ``budgets`` from a cold start (no kept measurements, no records),
     and, in the same run, the evaluation matrix of ``qsink bench matrix``: the advisor's wall time in units of one
     full matrix of the same model (target: a few)."""
@@ -453,7 +454,7 @@ def bench_advise(model: str, budgets=(0.01, 0.05), families=("int", "gguf"), max
             runs.append({"budget": b, "bits_per_weight": a.chosen.bits, "predicted_kld": a.chosen.predicted,
                          "verified_kld": a.record["advice"]["verified_kld"], "rounds": a.rounds, **a.timing})
         advise_s = time.perf_counter() - t0
-    matrix = bench_matrix(model, settings=EvalSettings(max_tokens=settings.max_tokens, ctx=settings.ctx,
+    matrix = bench_matrix(model, matrix_schemes, matrix_handling, settings=EvalSettings(calib=settings.calib, max_tokens=settings.max_tokens, ctx=settings.ctx,
                                                        batch_size=settings.batch_size, dtype=settings.dtype,
                                                        device=settings.device), log=log, progress_factory=progress_factory)
     return {"bench": "advise", "model": model, "budgets": list(budgets), "families": list(families),

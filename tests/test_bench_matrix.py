@@ -36,3 +36,16 @@ def test_bench_dtype_compares_each_cell_with_itself_in_fp32(tiny_model_dir):
     assert fp["cell"] == "fp" and fp["fp32"]["kld_vs_fp32_fp"] == 0 and fp["fp32"]["same_top_vs_fp32_fp"] == 1
     assert 0 < fp["bf16"]["kld_vs_fp32_fp"] < 0.05 and abs(fp["ppl_drift_pct"]) < 5
     assert w8["fp32"]["kld_vs_fp32_fp"] > 0 and w8["bf16"]["ppl"] > 1
+
+
+def test_bench_advise_times_the_advisor_against_a_matrix(tiny_model_dir):
+    """Cold advice (its measurements and records in a fresh directory) and a matrix of the same model, in one run."""
+    from qsink.bench import bench_advise
+
+    settings = EvalSettings(ctx=32, max_tokens=4 * 32, calib=2, profile_samples=0)
+    doc = bench_advise(str(tiny_model_dir), budgets=(10.0,), families=("int",), settings=settings,
+                       matrix_schemes=["w8a8", "w4a16"], matrix_handling=["none"], log=lambda m: None)
+    (run,) = doc["runs"]
+    assert run["verified_kld"] <= 10.0 and run["measure_s"] > 0 and run["verify_s"] > 0 and run["rounds"] == 1
+    assert doc["matrix_cells"] == 3 and doc["ratio"] == doc["advise_s"] / doc["matrix_s"]
+    assert doc["advise_s"] >= run["measure_s"] + run["verify_s"]
