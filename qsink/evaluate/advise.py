@@ -21,7 +21,8 @@ budget, chosen from this model's measured sensitivities and then verified by eva
    where activations are quantized.
 4. **Verify.** The recipe is evaluated like any cell (``run_cells``: perplexity, KL divergence and
    same-top against the fp reference, on the evaluation text, not the calibration windows), beside
-   the uniform format of the nearest size and llama.cpp's file type of the nearest size. Should the
+   the best uniform format that takes no more bits (:func:`best_uniform`) and llama.cpp's file type
+   of the nearest size. Should the
    verified KL divergence miss the budget, the search runs again with the budget tightened by the
    ratio verified / predicted, at most ``rounds`` times.
 
@@ -340,8 +341,7 @@ def advise(spec, budget: float, text: Text, calib_text: Text, settings: EvalSett
         timing["search_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         scheme = recipe_scheme(chosen, res.name, budget, act, linears)
-        uni = min((f for f in formats if (chosen.handling, f) in measured),
-                  key=lambda f: abs(_uniform_bits(f, linears, in_features) - chosen.bits))
+        uni = best_uniform(chosen, measured, formats, linears, in_features)
         uniform = uniform_scheme(uni, act)
         if uniform.name not in SCHEMES.names():
             register_mixtures({uniform.name: mixture_spec(uniform)})
@@ -377,7 +377,7 @@ def advise(spec, budget: float, text: Text, calib_text: Text, settings: EvalSett
     }
     atomic_write_text(mine.path, json.dumps(record, indent=1, default=str))
     comparisons = []
-    for label, cell in (("advised", cells[1]), ("uniform, nearest size", cells[2]), ("llama.cpp file type, nearest size", cells[3])):
+    for label, cell in (("advised", cells[1]), ("best uniform, same bits", cells[2]), ("llama.cpp file type, nearest size", cells[3])):
         o = by[cell]
         m = o.record.get("metrics", {})
         q = o.record.get("config", {}).get("quant", {})
@@ -389,6 +389,17 @@ def advise(spec, budget: float, text: Text, calib_text: Text, settings: EvalSett
     write_recipe(recipe_path, res.spec, scheme, chosen.handling, settings, data)
     return Advice(res.name, budget, chosen, scheme, mine.path, record, comparisons, recipe_path, round_,
                   record["advice"]["measured"], timing)
+
+
+def best_uniform(chosen: Point, measured: dict, formats: list[str], linears: dict[str, int],
+                 in_features: dict[str, int]) -> str:
+    """The uniform format to set beside a recipe: of those that take no more bits per weight than it (0.05 of
+    slack), the one with the lowest KLD measured in step 1; the nearest in bits when none is that cheap."""
+    pool = [f for f in formats if (chosen.handling, f) in measured]
+    cheap = [f for f in pool if _uniform_bits(f, linears, in_features) <= chosen.bits + 0.05]
+    if cheap:
+        return min(cheap, key=lambda f: measured[(chosen.handling, f)].measured)
+    return min(pool, key=lambda f: abs(_uniform_bits(f, linears, in_features) - chosen.bits))
 
 
 def _uniform_bits(fmt: str, linears: dict[str, int], in_features: dict[str, int]) -> float:

@@ -31,7 +31,7 @@ WEIGHT_FORMATS: dict[str, QuantFormat] = {
     "int5-g128": QuantFormat("int", 5, False, per_group(128)),
     "int6-g128": QuantFormat("int", 6, False, per_group(128)),
     "int8": QuantFormat("int", 8, True, PER_CHANNEL),
-    **{t.lower(): gguf_format(t) for t in ("Q2_K", "Q3_K", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0")},
+    **{t.lower(): gguf_format(t) for t in ("Q2_K", "Q3_K", "Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0")},
     "mxfp4": QuantFormat("mxfp4", 4, True, per_group(32)),
     "nvfp4": QuantFormat("nvfp4", 4, True, per_group(16)),
     "fp8": QuantFormat("fp8", 8, True, PER_CHANNEL),
@@ -47,7 +47,7 @@ REGISTERED: set[str] = set()  # the mixtures registered in this process (not bui
 # the weight formats of each family, cheapest first: what --formats chooses among
 FAMILIES: dict[str, tuple[str, ...]] = {
     "int": ("int3-g128", "int4-g128", "int6-g128", "int8"),
-    "gguf": ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_0"),
+    "gguf": ("q2_k", "q3_k", "q4_0", "q4_1", "q4_k", "q5_0", "q5_1", "q5_k", "q6_k", "q8_0"),  # every type qsink encodes
     "mx": ("mxfp4", "fp8"),
     "nv": ("nvfp4", "fp8"),
 }

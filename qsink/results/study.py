@@ -386,8 +386,8 @@ def _weight_cells(records: list[dict]) -> list[dict]:
 
 
 def advise_table(records: list[dict]) -> str:
-    """Per advised recipe: the budget, what was predicted and verified, its bits per weight, and the uniform
-    format and llama.cpp file type nearest in bits with their measured KLD."""
+    """Per advised recipe: the budget, what was predicted and verified, its bits per weight, the best uniform format
+    of no more bits (0.05 of slack) and the llama.cpp file type nearest in bits, with their measured KLD."""
     cells = _weight_cells(records)
     rows = []
     for c in sorted((c for c in cells if c["kind"] == "advised"), key=lambda c: (c["model"], c["advice"]["budget_kld"])):
@@ -398,12 +398,14 @@ def advise_table(records: list[dict]) -> str:
             pool = [o for o in same if o["kind"] in kinds]
             return min(pool, key=lambda o: abs(o["bits"] - c["bits"])) if pool else None
 
-        uni, ft = nearest(("uniform int", "uniform gguf")), nearest(("llama.cpp file type",))
+        cheap = [o for o in same if o["kind"] in ("uniform int", "uniform gguf") and o["bits"] <= c["bits"] + 0.05]
+        uni = min(cheap, key=lambda o: o["kld"]) if cheap else nearest(("uniform int", "uniform gguf"))
+        ft = nearest(("llama.cpp file type",))
         show = lambda o: "-" if o is None else f"{o['scheme']}: {o['bits']:.3f} b, KLD {o['kld']:.4f}"  # noqa: E731
         rows.append({"model": c["model"], "budget": f"{a['budget_kld']:g}", "family / handling": f"{a['family']} / {a['handling']}",
                      "bits / weight": f"{c['bits']:.3f}", "predicted KLD": f"{a['predicted_kld']:.4f}",
                      "verified KLD": f"{c['kld']:.4f}", "meets": "yes" if a["meets_budget"] else "no",
-                     "rounds": a["rounds"], "uniform, nearest size": show(uni), "llama.cpp file type, nearest size": show(ft)})
+                     "rounds": a["rounds"], "best uniform, no more bits": show(uni), "llama.cpp file type, nearest size": show(ft)})
     return table(rows) if rows else "_(no advised recipes in these records)_"
 
 
