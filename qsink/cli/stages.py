@@ -228,6 +228,8 @@ def advise_cmd(
     batch_size: int = typer.Option(EVAL.batch_size, "--batch-size"),
     handling_options: List[str] = typer.Option([], "--handling-option", help="HANDLING.OPTION=VALUE, repeated."),
     rounds: int = typer.Option(3, "--rounds", help="Searches at most, each verified; a miss tightens the next one's target."),
+    tasks: List[str] = typer.Option([], "--task", "-t", help="Downstream task(s) scored on the verified cells too (as in evaluate)."),
+    limit: Optional[int] = typer.Option(EVAL.limit, "--limit", help="Items per task (default: all)."),
     dtype: str = typer.Option(EVAL.dtype, "--dtype", help="fp32, bf16 or fp16."),
     device: str = typer.Option(EVAL.device, "--device", help=DEVICE_HELP),
     seed: int = typer.Option(EVAL.seed, "--seed"),
@@ -246,7 +248,11 @@ def advise_cmd(
 
     settings = EvalSettings(ctx=ctx, max_tokens=max_tokens, batch_size=batch_size, calib=calib, calib_data=calib_data,
                             seed=seed, device=device, dtype=dtype, profile_samples=0,
-                            handling_options=tuple(handling_options))
+                            handling_options=tuple(handling_options), tasks=tuple(split_names(tasks)), limit=limit)
+    if settings.tasks:
+        from qsink.evaluate.lmeval import check_tasks
+
+        check_tasks(list(settings.tasks))
     try:
         wanted = [float(b) for b in split_names([budgets])]
     except ValueError:
@@ -284,12 +290,14 @@ def advise_cmd(
 
 def _print_advice(a, budget: float, format_name) -> None:
     table = Table(title=f"{a.model}: KLD budget {budget:g} ({a.rounds} round(s))")
-    for col in ("", "scheme", "handling", "bits/weight", "predicted KLD", "verified KLD", "Δppl %", "same top"):
-        table.add_column(col, justify="left" if col in ("", "scheme", "handling") else "right")
+    tasks = list(dict.fromkeys(t for c in a.comparisons for t in c["tasks"]))
+    for col in ("", "scheme", "handling", "bits/weight", "predicted KLD", "verified KLD", "Δppl %", "same top", *tasks):
+        table.add_column(col.removeprefix("qsink_"), justify="left" if col in ("", "scheme", "handling") else "right")
     f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     for c in a.comparisons:
         table.add_row(c["what"], c["scheme"], c["handling"], f(c["bits"], ".3f"), f(c["predicted"], ".4f"),
-                      f(c["kld"], ".4f"), f(c["delta_ppl_pct"], "+.2f"), f(c["same_top"], ".3f"))
+                      f(c["kld"], ".4f"), f(c["delta_ppl_pct"], "+.2f"), f(c["same_top"], ".3f"),
+                      *[f(c["tasks"].get(t), ".3f") for t in tasks])
     stdout.print(table)
     raised = {n: fmt for n, fmt in a.scheme.overrides}
     if raised:

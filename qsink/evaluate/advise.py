@@ -384,7 +384,8 @@ def advise(spec, budget: float, text: Text, calib_text: Text, settings: EvalSett
         bits = q.get("weight_bits") or (q.get("gguf") or {}).get("bits_per_weight")
         comparisons.append({"what": label, "scheme": cell.scheme, "handling": cell.handling, "bits": bits,
                             "kld": m.get("kld_mean"), "delta_ppl_pct": m.get("delta_ppl_pct"), "same_top": m.get("same_top"),
-                            "predicted": chosen.predicted if label == "advised" else None, "path": str(o.path)})
+                            "predicted": chosen.predicted if label == "advised" else None, "path": str(o.path),
+                            "tasks": {t: v.get("acc") for t, v in (m.get("tasks") or {}).items()}})
     recipe_path = recipe_out or store.root / f"{scheme.name}.yaml"
     write_recipe(recipe_path, res.spec, scheme, chosen.handling, settings, data)
     return Advice(res.name, budget, chosen, scheme, mine.path, record, comparisons, recipe_path, round_,
@@ -433,6 +434,8 @@ def write_recipe(path: Path, model_spec: str, scheme: Scheme, handling: str, set
            "calib_data": settings.calib_data, "seed": settings.seed, "dtype": settings.dtype}
     if settings.handling_options:
         doc["handling_options"] = list(settings.handling_options)
+    if settings.tasks:
+        doc.update(tasks=list(settings.tasks), limit=settings.limit, num_fewshot=settings.num_fewshot)
     header = (f"# qsink advise: {scheme.description}\n"
               f"# qsink evaluate --recipe {path} evaluates it again (the same cell: found, not recomputed)\n")
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -440,18 +440,20 @@ def plot_advise(records: list[dict], plots_dir: Path) -> dict[str, Path]:
     for model in dict.fromkeys(c["model"] for c in cells if c["kind"] == "advised"):
         mine = [c for c in cells if c["model"] == model and (c["handling"] == "none" or c["kind"] == "advised")]
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        floor = 1e-4  # a format on the model's own GGUF grid has KLD 0, which a log axis cannot show
         style = {"uniform int": ("s", "tab:blue"), "uniform gguf": ("o", "tab:green"),
                  "llama.cpp file type": ("^", "tab:gray"), "advised": ("*", "tab:red")}
         for kind, (marker, color) in style.items():
             pts = sorted((c for c in mine if c["kind"] == kind), key=lambda c: c["bits"])
             if not pts:
                 continue
-            ax.plot([c["bits"] for c in pts], [max(c["kld"], 1e-6) for c in pts], marker=marker, color=color,
+            ax.plot([c["bits"] for c in pts], [max(c["kld"], floor) for c in pts], marker=marker, color=color,
                     ls="-" if kind.startswith("uniform") else "none", ms=11 if kind == "advised" else 6, label=kind)
             for c in pts:
                 label = (f"≤{c['advice']['budget_kld']:g}" if kind == "advised" else
                          c["scheme"].removeprefix("uniform-").removeprefix("gguf-"))
-                ax.annotate(label, (c["bits"], max(c["kld"], 1e-6)), fontsize=6, xytext=(3, 3), textcoords="offset points")
+                label += " (KLD < 1e-4, drawn at 1e-4)" if c["kld"] < floor else ""
+                ax.annotate(label, (c["bits"], max(c["kld"], floor)), fontsize=6, xytext=(3, 3), textcoords="offset points")
         for c in (c for c in mine if c["kind"] == "advised"):
             ax.axhline(c["advice"]["budget_kld"], color="tab:red", lw=0.6, ls="--")
         ax.set_yscale("log")
