@@ -71,7 +71,7 @@ def test_the_advisor_raises_the_planted_linear_and_nothing_else(planted, sample_
     budget = 2 * fixed
     args = ["advise", str(path), "--budget", f"{budget:.6g}", "--formats", "int", "--data", f"file:{sample_text_file}",
             "--calib-data", f"file:{sample_text_file}", "--ctx", "32", "--max-tokens", "256", "--calib", "8",
-            "--out", str(tmp_path / "r")]
+            "--task", "qsink_cloze", "--limit", "4", "--out", str(tmp_path / "r")]
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
     recipe = next((tmp_path / "r").glob("advised-*.yaml"))
@@ -88,6 +88,7 @@ def test_the_advisor_raises_the_planted_linear_and_nothing_else(planted, sample_
     assert adv["verified_kld"] == rec["metrics"]["kld_mean"] and adv["verified_kld"] <= budget  # verified, not predicted
     assert adv["predicted_kld"] > 0 and adv["meets_budget"] and rec["identity"]["scheme"] == name
     assert rec["config"]["quant"]["mixture"][PLANTED] == spec["overrides"][PLANTED]
+    assert 0 <= rec["metrics"]["tasks"]["qsink_cloze"]["acc"] <= 1 and "cloze" in out  # downstream, when asked
     assert "best uniform, same bits" in out and "llama.cpp file type, nearest size" in out
     # the recipe, as written, is the same cell: evaluate finds it
     code, _, err = run_cli(["evaluate", "--recipe", str(recipe), "--out", str(tmp_path / "r")], capsys)
