@@ -167,3 +167,19 @@ def test_two_budgets_share_one_measurement_and_the_study_shows_them(planted, sam
     assert text.count("| planted |") == 2 and "uniform-int" in text
     plots = plot_advise(records, tmp_path / "plots")
     assert list(plots) == ["advise-planted"] and plots["advise-planted"].stat().st_size > 1000
+
+
+def test_with_activations_quantized_token_keeping_competes_as_a_handling(tiny_model_dir, sample_text_file, tmp_path,
+                                                                          capsys):
+    args = ["advise", str(tiny_model_dir), "--budget", "0.5", "--formats", "int", "--act", "int8",
+            "--data", f"file:{sample_text_file}", "--calib-data", f"file:{sample_text_file}", "--ctx", "32",
+            "--max-tokens", "128", "--calib", "2", "--out", str(tmp_path / "r")]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    (rec,) = [json.loads(p.read_text()) for p in (tmp_path / "r").glob("*advised-*.json")]
+    adv = rec["advice"]
+    assert adv["handlings"] == ["none", "token-keep"] and adv["act"] == "int8"
+    assert {m["handling"] for m in adv["measured"]} == {"none", "token-keep"} and len(adv["measured"]) == 8
+    assert rec["identity"]["scheme_config"]["act"]["bits"] == 8  # the recipe quantizes every linear's input
+    assert adv["verified_kld"] <= 0.5 and adv["top_act_sensitivity"]  # activations' share measured per linear
+    assert any(t["kld"] > 0 for t in adv["top_act_sensitivity"])
