@@ -23,6 +23,7 @@ def _cases(m: str, text: str, tmp) -> dict[str, tuple[list[str], str]]:
     ev = ["evaluate", m, TEXT, text, "--out", "OUT"]
     me = ["measure", m, TEXT, text, "--out", "OUT", "--ctx", "32"]
     ab = ["ablate", m, "--scheme", "w8a8", "--data", f"file:{text}", "--calib-data", f"file:{text}", "--out", "OUT", "--ctx", "32", "--calib", "1"]
+    ad = ["advise", m, "--data", f"file:{text}", "--calib-data", f"file:{text}", "--ctx", "32", "--out", "OUT"]
     bad_recipe = tmp / "ctx-abc.yaml"
     bad_recipe.write_text(f"models: [{m}]\nctx: abc\n")
     remote = tmp / "remote.yaml"
@@ -113,6 +114,18 @@ def _cases(m: str, text: str, tmp) -> dict[str, tuple[list[str], str]]:
                                                  "spinquant.steps"], "HANDLING.OPTION=VALUE"),
         "evaluate --handling-option unknown": (ev + ["--scheme", "w4a4", "--handling", "spinquant", "--handling-option",
                                                      "spinquant.nope=1"], "bad options for spinquant"),
+        "advise --budget 0": (ad + ["--budget", "0"], "--budget must be a positive"),
+        "advise --budget abc": (ad + ["--budget", "0.1,abc"], "give KL divergences as numbers"),
+        "advise --bits-max -1": (ad + ["--bits-max", "-1"], "--bits-max"),
+        "advise --formats bogus": (ad + ["--formats", "int,bogus"], "unknown format family bogus"),
+        "advise --act int5": (ad + ["--act", "int5"], "unknown activation format 'int5'"),
+        "advise --handling nope": (ad + ["--handling", "nope"], "nope"),
+        "advise --rounds 0": (ad + ["--rounds", "0"], "--rounds"),
+        "advise --calib 0": (ad + ["--calib", "0"], "--calib"),
+        "advise --calib-data test": (ad[:-2] + ["--calib-data", "austen:test", "--out", "OUT"], "test split"),
+        "advise --recipe-out a dir": (ad + ["--budget", "0.1", "--recipe-out", str(a_dir)], "is a directory"),
+        "bench advise --max-tokens 0": (["bench", "advise", m, "--max-tokens", "0", "--out", "OUT/b.json"], "--max-tokens"),
+        "bench advise --budget x": (["bench", "advise", m, "--budget", "x", "--out", "OUT/b.json"], "as numbers"),
         "bench all --out a dir": (["bench", "all", m, "--out", str(a_dir)], "is a directory"),
         "data fetch unknown": (["data", "fetch", "austin"], "austen"),
     }

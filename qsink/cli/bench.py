@@ -154,10 +154,19 @@ def bench_advise_cmd(
     from qsink.evaluate.settings import EvalSettings
     from qsink.validate import split_names
 
+    from qsink.errors import QsinkError
+    from qsink.evaluate.advise import check_request
+
     _bench_check(out_file, device, max_tokens=max_tokens)
     settings = EvalSettings(max_tokens=max_tokens, device=device, profile_samples=0)
+    try:
+        wanted = tuple(float(b) for b in split_names([budgets]))
+    except ValueError:
+        raise QsinkError(f"--budget {budgets!r}: give KL divergences as numbers, e.g. --budget 0.01,0.05") from None
+    for b in wanted or (0.0,):
+        check_request(b, split_names([formats]), None, None, None, 1, settings)
     with progress_bars() as progress:
-        doc = bench_advise(model, tuple(float(b) for b in split_names([budgets])), tuple(split_names([formats])),
+        doc = bench_advise(model, wanted, tuple(split_names([formats])),
                            settings=settings, log=log, progress_factory=windows_progress(progress))
     write_json(doc, out_file)
     for r in doc["runs"]:

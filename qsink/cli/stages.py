@@ -15,7 +15,7 @@ from qsink.cli.render import print_attribution, print_gradient_sinks, print_prof
 from qsink.errors import QsinkError
 from qsink.evaluate.settings import EvalSettings
 from qsink.measure.options import MeasureOptions, ProfileSettings
-from qsink.validate import split_names
+from qsink.validate import check_file_target, split_names
 
 
 @app.command()
@@ -262,6 +262,12 @@ def advise_cmd(
     if recipe_out is not None and len(wanted) > 1:
         raise QsinkError("--recipe-out names one file, but --budget gives several budgets; drop --recipe-out (each recipe "
                          "goes to OUT/NAME.yaml)")
+    from qsink.evaluate.advise import check_request
+
+    for budget in wanted:
+        check_request(budget, split_names([formats]), act, split_names(handling) or None, bits_max, rounds, settings)
+    if recipe_out is not None:
+        check_file_target(recipe_out, "--recipe-out")
     store = RecordStore(out)
     store.ensure_writable()
     text, calib_text = resolve_data(data, None, log=log), resolve_data(calib_data, None, log=log)

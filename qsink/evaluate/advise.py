@@ -282,6 +282,28 @@ class Advice:
     timing: dict  # seconds: load (model, windows), measure (step 1), search, verify (the evaluations)
 
 
+def check_request(budget: float, families: list[str], act: str | None, handlings: list[str] | None,
+                  bits_max: float | None, rounds: int, settings: EvalSettings) -> list[str]:
+    """Everything about a request that can be refused before a model loads or anything is written; returns the
+    handling methods to consider."""
+    from qsink.quant.apply import make_handler
+
+    if not budget > 0:
+        raise QsinkError(f"--budget must be a positive KL divergence (nats per token), not {budget:g}")
+    if bits_max is not None and not bits_max > 0:
+        raise QsinkError(f"--bits-max must be a positive number of bits per weight, not {bits_max:g}")
+    if rounds < 1:
+        raise QsinkError(f"--rounds must be at least 1, not {rounds}")
+    if settings.backend != "fake":
+        raise QsinkError("advise measures qsink's fake-quantized linears; use --backend fake")
+    ladder(list(families))
+    act_format(act)
+    handlings = list(handlings or (["none", "token-keep"] if act else ["none"]))
+    for h in handlings:
+        make_handler(h, settings.options_for(h))
+    return handlings
+
+
 def advise(spec, budget: float, text: Text, calib_text: Text, settings: EvalSettings, store: RecordStore,
            families: list[str] = ("int", "gguf"), act: str | None = None, handlings: list[str] | None = None,
            bits_max: float | None = None, rounds: int = 3, recipe_out: Path | None = None, data: str | None = None,
@@ -289,14 +311,8 @@ def advise(spec, budget: float, text: Text, calib_text: Text, settings: EvalSett
     """``qsink advise`` as a function (see the module docstring). Raises :class:`BudgetNotMet` when no
     recipe within ``bits_max`` is predicted to meet ``budget``. ``data``: how the user named ``text``
     (``--data``), for the recipe file."""
-    if not budget > 0:
-        raise QsinkError(f"--budget must be a positive KL divergence (nats per token), not {budget}")
-    if bits_max is not None and bits_max <= 0:
-        raise QsinkError(f"--bits-max must be positive, not {bits_max}")
     families = list(families)
-    ladder(families)  # unknown families fail here
-    act_format(act)
-    handlings = list(handlings or (["none", "token-keep"] if act else ["none"]))
+    handlings = check_request(budget, families, act, handlings, bits_max, rounds, settings)
     import time
 
     t0 = time.perf_counter()
