@@ -218,7 +218,7 @@ def advise_cmd(
     budgets: str = typer.Option("0.01,0.05", "--budget", help="The largest mean KL divergence from the fp model (nats per token) a recipe may reach; several, comma-separated, give one recipe each (the measurements are shared)."),
     bits_max: Optional[float] = typer.Option(None, "--bits-max", help="The most stored bits per weight (scales included) a recipe may take."),
     formats: str = typer.Option("int,gguf", "--formats", help="Format families to choose from: int, gguf, mx, nv (a recipe stays within one)."),
-    act: Optional[str] = typer.Option(None, "--act", help="Also quantize every linear's input: int8, int4, mxfp4, nvfp4 or fp8 (default: weights only)."),
+    act: Optional[str] = typer.Option(None, "--act", help="Also quantize every linear's input: int8, int4, mxfp4, nvfp4 or fp8; several, comma-separated, and the fewest bits that meet the budget win (default: weights only)."),
     handling: List[str] = typer.Option([], "--handling", help="Outlier-handling methods to consider (default: none; with --act also token-keep)."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Evaluation text NAME[:SPLIT] (default austen:test) for the verification."),
     ctx: int = typer.Option(EVAL.ctx, "--ctx", help="Tokens per window."),

@@ -18,7 +18,10 @@ budget, chosen from this model's measured sensitivities and then verified by eva
    make better. Formats that are not on a linear's hull are never chosen for it.
 3. **Choose.** The cheapest point of any (handling, family) path that meets the budget within
    ``bits_max``; keeping spike tokens in high precision (``token-keep``) competes as a handling
-   where activations are quantized.
+   where activations are quantized. With several activation formats, the one of fewest bits whose
+   paths meet the budget is taken first (activation bits decide the kernel a runtime can use, a
+   bigger step than a fraction of a weight bit), then the fewest weight bits within it. The
+   activation format is one for every linear: per-linear activation exceptions are not searched.
 4. **Verify.** The recipe is evaluated like any cell (``run_cells``: perplexity, KL divergence and
    same-top against the fp reference, on the evaluation text, not the calibration windows), beside
    the best uniform format that takes no more bits (:func:`best_uniform`) and llama.cpp's file type
@@ -282,6 +285,20 @@ class Advice:
     timing: dict  # seconds: load (model, windows), measure (step 1), search, verify (the evaluations)
 
 
+ACT_BITS = {"int4": 4.0, "mxfp4": 4.25, "nvfp4": 4.5, "int8": 8.0, "fp8": 8.0}  # stored bits per activation value
+
+
+def act_list(act) -> list[str | None]:
+    """``--act``: None (weights only), one activation format, or several (``int4,int8``), fewest bits first."""
+    if act is None or act == "" or act == []:
+        return [None]
+    names = [a.strip() for a in (act.split(",") if isinstance(act, str) else act) if a and a.strip()]
+    for a in names:
+        act_format(a)
+    names = [None if act_format(a) is None else a.lower() for a in names]
+    return sorted(dict.fromkeys(names), key=lambda a: 16.0 if a is None else ACT_BITS[a])
+
+
 def check_request(budget: float, families: list[str], act: str | None, handlings: list[str] | None,
                   bits_max: float | None, rounds: int, settings: EvalSettings) -> list[str]:
     """Everything about a request that can be refused before a model loads or anything is written; returns the
@@ -297,8 +314,8 @@ def check_request(budget: float, families: list[str], act: str | None, handlings
     if settings.backend != "fake":
         raise QsinkError("advise measures qsink's fake-quantized linears; use --backend fake")
     ladder(list(families))
-    act_format(act)
-    handlings = list(handlings or (["none", "token-keep"] if act else ["none"]))
+    acts = act_list(act)
+    handlings = list(handlings or (["none", "token-keep"] if acts != [None] else ["none"]))
     for h in handlings:
         make_handler(h, settings.options_for(h))
     return handlings
@@ -332,24 +349,41 @@ def advise(spec, budget: float, text: Text, calib_text: Text, settings: EvalSett
     formats = list(dict.fromkeys(formats))
     timing = {"load_s": time.perf_counter() - t0}
     t0 = time.perf_counter()
-    n_pairs = len(handlings) * len(formats)
-    step = progress_factory(f"{res.name} · sensitivities", n_pairs) if progress_factory else None
-    measured = measure(fp_model, tok, calib, linears, handlings, formats, act, settings, cache=store.root / "advise",
-                       model_pin=res.pin, log=log, on_step=step)
-    if not measured:
-        raise QsinkError("no (handling, format) pair of this request can be quantized; see the lines above")
-    timing["measure_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    paths = []
-    for h in handlings:
-        for fam in families:
-            opts = {f: measured[(h, f)] for f in FAMILIES[fam] if (h, f) in measured}
-            if opts:
-                paths.append(search_path(linears, in_features, opts, h, fam))
+    acts = act_list(act)
+    step = progress_factory(f"{res.name} · sensitivities", len(handlings) * len(formats) * len(acts)) \
+        if progress_factory else None
+    timing["measure_s"] = timing["search_s"] = 0.0
+    refusal = None
+    for act in acts:  # the fewest activation bits that can meet the budget, then the fewest weight bits
+        t0 = time.perf_counter()
+        measured = measure(fp_model, tok, calib, linears, handlings, formats, act, settings, cache=store.root / "advise",
+                           model_pin=res.pin, log=log, on_step=step)
+        timing["measure_s"] += time.perf_counter() - t0
+        if not measured:
+            raise QsinkError("no (handling, format) pair of this request can be quantized; see the lines above")
+        t0 = time.perf_counter()
+        paths = []
+        for h in handlings:
+            for fam in families:
+                opts = {f: measured[(h, f)] for f in FAMILIES[fam] if (h, f) in measured}
+                if opts:
+                    paths.append(search_path(linears, in_features, opts, h, fam))
+        timing["search_s"] += time.perf_counter() - t0
+        try:
+            choose(paths, budget, bits_max)
+            break
+        except BudgetNotMet as e:
+            refusal = e
+            if act != acts[-1]:
+                log(f"advise: with {act or 'high-precision'} activations no recipe meets the budget; trying "
+                    f"{acts[acts.index(act) + 1] or 'high-precision'} activations")
+    else:
+        raise BudgetNotMet(f"{refusal} (activations: {', '.join(a or 'high precision' for a in acts)})"
+                           if len(acts) > 1 else str(refusal))
     ftypes = _gguf_ftypes()
     gguf_sizes = {ft: gguf_mixture_bits(fp_model, ft) for ft in ftypes}
     del fp_model
-    timing["search_s"], timing["verify_s"] = time.perf_counter() - t0, 0.0
+    timing["verify_s"] = 0.0
     target = budget
     for round_ in range(1, rounds + 1):
         t0 = time.perf_counter()
@@ -379,6 +413,7 @@ def advise(spec, budget: float, text: Text, calib_text: Text, settings: EvalSett
     record = mine.record
     record["advice"] = {
         "version": ADVICE_VERSION, "budget_kld": budget, "bits_max": bits_max, "families": families, "act": act,
+        "acts_considered": acts,
         "handlings": handlings, "predicted_kld": chosen.predicted, "verified_kld": verified,
         "meets_budget": verified <= budget, "rounds": round_, "search_target_kld": target,
         "bits_per_weight": chosen.bits, "family": chosen.family, "handling": chosen.handling,
