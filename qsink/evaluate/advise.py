@@ -380,8 +380,9 @@ def advise(spec, budget: float, text: Text, calib_text: Text, settings: EvalSett
     else:
         raise BudgetNotMet(f"{refusal} (activations: {', '.join(a or 'high precision' for a in acts)})"
                            if len(acts) > 1 else str(refusal))
-    ftypes = _gguf_ftypes()
-    gguf_sizes = {ft: gguf_mixture_bits(fp_model, ft) for ft in ftypes}
+    from qsink.quant.gguf_formats import FTYPES
+
+    gguf_sizes = {ft: gguf_mixture_bits(fp_model, ft) for ft in FTYPES}
     del fp_model
     timing["verify_s"] = 0.0
     target = budget
@@ -426,9 +427,9 @@ def advise(spec, budget: float, text: Text, calib_text: Text, settings: EvalSett
         "top_act_sensitivity": _top(measured, chosen, part="act") if act else [],
         "timing": timing,
     }
-    atomic_write_text(mine.path, json.dumps(record, indent=1, default=str))
+    store.write(record, mine.path.stem.rsplit("__", 1)[0])  # the same file: the cell's record, now with its advice
     comparisons = []
-    for label, cell in (("advised", cells[1]), ("best uniform, same bits", cells[2]), ("llama.cpp file type, nearest size", cells[3])):
+    for label, cell in (("advised", cells[1]), ("best uniform, no more bits", cells[2]), ("llama.cpp file type, nearest size", cells[3])):
         o = by[cell]
         m = o.record.get("metrics", {})
         q = o.record.get("config", {}).get("quant", {})
@@ -457,12 +458,6 @@ def best_uniform(chosen: Point, measured: dict, formats: list[str], linears: dic
 def _uniform_bits(fmt: str, linears: dict[str, int], in_features: dict[str, int]) -> float:
     n = sum(linears.values())
     return sum(bits_per_weight(WEIGHT_FORMATS[fmt], in_features[k]) * v for k, v in linears.items()) / n
-
-
-def _gguf_ftypes() -> list[str]:
-    from qsink.quant import gguf_formats as G
-
-    return list(G.FTYPES)
 
 
 def _top(measured: dict, p: Point, part: str = "weight", k: int = 8) -> list[dict]:

@@ -89,7 +89,7 @@ def test_the_advisor_raises_the_planted_linear_and_nothing_else(planted, sample_
     assert adv["predicted_kld"] > 0 and adv["meets_budget"] and rec["identity"]["scheme"] == name
     assert rec["config"]["quant"]["mixture"][PLANTED] == spec["overrides"][PLANTED]
     assert 0 <= rec["metrics"]["tasks"]["qsink_cloze"]["acc"] <= 1 and "cloze" in out  # downstream, when asked
-    assert "best uniform, same bits" in out and "llama.cpp file type, nearest size" in out
+    assert "best uniform, no more bits" in out and "llama.cpp file type, nearest size" in out
     # the recipe, as written, is the same cell: evaluate finds it
     code, _, err = run_cli(["evaluate", "--recipe", str(recipe), "--out", str(tmp_path / "r")], capsys)
     assert code == 0 and "already had a record" in err, err
