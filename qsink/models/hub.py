@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from qsink.errors import QsinkError
+from qsink.errors import QsinkError, first_line
 
 ACCEPTED = ("a built-in name ('qsink models'), a .gguf file, a checkpoint directory, or a Hugging Face hub id: "
             "org/name, org/name@REVISION (branch, tag or commit), org/name:FILE.gguf")
@@ -149,7 +149,7 @@ def snapshot(hub: HubId, fetch: bool = True, log=print) -> Snapshot:
     except GatedRepoError:
         raise QsinkError(_gated(hub)) from None
     except _network_errors() as e:
-        raise QsinkError(f"fetching {hub} from the hub failed ({type(e).__name__}: {_first_line(e)}); rerun to resume "
+        raise QsinkError(f"fetching {hub} from the hub failed ({type(e).__name__}: {first_line(e)}); rerun to resume "
                          "the download, or pass a local checkpoint directory") from None
     return Snapshot(hub, folder.name, folder, cached=False)
 
@@ -226,10 +226,6 @@ def _gated(hub: HubId) -> str:
     return (f"{hub.repo} is a gated repo and this machine has no access to it: accept its terms at "
             f"https://huggingface.co/{hub.repo}, then log in with 'hf auth login' (or set HF_TOKEN) and rerun")
 
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__
 
 
 def cached_models() -> list[dict]:

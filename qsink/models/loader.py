@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from qsink.errors import QsinkError
+from qsink.errors import QsinkError, first_line
 from qsink.models import family as _family  # noqa: F401  (registers model_type "qsink" with transformers)
 from qsink.models import gguf_cache
 from qsink.models.resolve import ResolvedModel, resolve
@@ -96,14 +96,14 @@ def load(spec: str | ResolvedModel, dtype: str = "fp32", device: str = "auto", t
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise QsinkError(f"{resolved.spec} needs custom code from its directory; rerun with --trust-remote-code if you trust it") from None
-        raise QsinkError(f"transformers could not load {resolved.spec} ({_first_line(e)})") from None
+        raise QsinkError(f"transformers could not load {resolved.spec} ({first_line(e)})") from None
     except (OSError, KeyError, RuntimeError) as e:
-        raise QsinkError(f"transformers could not load {resolved.spec} ({type(e).__name__}: {_first_line(e)})") from None
+        raise QsinkError(f"transformers could not load {resolved.spec} ({type(e).__name__}: {first_line(e)})") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         advice = "save one with tokenizer.save_pretrained" if resolved.kind == "hf" else f"delete {folder} and rerun to rebuild it"
-        raise QsinkError(f"{folder} has no usable tokenizer ({_first_line(e)}); {advice}") from None
+        raise QsinkError(f"{folder} has no usable tokenizer ({first_line(e)}); {advice}") from None
     if where != "map":
         model.to(where)
     model.eval()
@@ -118,7 +118,3 @@ def check_ctx(model, ctx: int, name: str) -> None:
     if max_pos is not None and ctx > max_pos:
         raise QsinkError(f"--ctx {ctx} exceeds {name}'s maximum of {max_pos} positions; pass --ctx {max_pos} or less")
 
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__
