@@ -194,11 +194,7 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
                    "rewrite": "shared" if base is not None else ("own" if not handler.inputs_unchanged else "none")},
     }
     if qlinears and any(q.weight_fmt is not None for q in qlinears.values()):
-        from qsink.quant.mixture import bits_per_weight
-
-        n = sum(q.weight_fp.numel() for q in qlinears.values())
-        report["weight_bits"] = sum(q.weight_fp.numel() * bits_per_weight(q.weight_fmt, q.in_features)
-                                    for q in qlinears.values()) / n  # stored bits per weight of the quantized linears
+        report["weight_bits"] = _bits_per_weight(qlinears)
     if scheme.overrides:
         from qsink.quant.mixture import format_name
 
@@ -210,18 +206,17 @@ def quantize_(model: nn.Module, scheme: Scheme, handling: str | Handler = "none"
         for t in types.values():
             counts[t] = counts.get(t, 0) + 1
         report["gguf"] = {"ftype": scheme.ftype, "types": types, "type_counts": counts, "fallbacks": fallbacks,
-                          "bits_per_weight": _bits_per_weight(qlinears)}
+                          "bits_per_weight": _bits_per_weight(qlinears) if qlinears else None}
     return report
 
 
-def _bits_per_weight(qlinears: dict) -> float | None:
-    """Weighted mean bits per weight of the quantized linears (scales included), as llama.cpp counts them."""
-    from qsink.quant.gguf_formats import BITS
+def _bits_per_weight(qlinears: dict) -> float:
+    """Weighted mean stored bits per weight of the quantized linears, scales included (GGUF types as llama.cpp
+    counts them, a linear left in high precision as fp16; :func:`qsink.quant.mixture.bits_per_weight`)."""
+    from qsink.quant.mixture import bits_per_weight
 
     n = sum(q.weight_fp.numel() for q in qlinears.values())
-    bits = sum(q.weight_fp.numel() * BITS.get(q.weight_fmt.gguf_type, 16.0) for q in qlinears.values()
-               if q.weight_fmt is not None)
-    return bits / n if n else None
+    return sum(q.weight_fp.numel() * bits_per_weight(q.weight_fmt, q.in_features) for q in qlinears.values()) / n
 
 
 def restorable(model: nn.Module, handling: str | Handler, include: tuple[str, ...] = ()) -> bool:
