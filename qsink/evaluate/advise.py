@@ -55,7 +55,7 @@ from qsink.files import atomic_write_text
 from qsink.models import check_ctx, load, resolve
 from qsink.quant import quantize_
 from qsink.quant.apply import check_combination
-from qsink.quant.mixture import (FAMILIES, WEIGHT_FORMATS, act_format, bits_per_weight, ladder, mixture_spec,
+from qsink.quant.mixture import (ACT_BITS, FAMILIES, WEIGHT_FORMATS, act_format, bits_per_weight, ladder, mixture_spec,
                                  register_mixtures)
 from qsink.quant.schemes import SCHEMES, Scheme
 from qsink.records import RecordStore
@@ -283,9 +283,6 @@ class Advice:
     rounds: int
     measured: list[dict]
     timing: dict  # seconds: load (model, windows), measure (step 1), search, verify (the evaluations)
-
-
-ACT_BITS = {"int4": 4.0, "mxfp4": 4.25, "nvfp4": 4.5, "int8": 8.0, "fp8": 8.0}  # stored bits per activation value
 
 
 def act_list(act) -> list[str | None]:

@@ -211,15 +211,9 @@ def _from_cache(hub: HubId, why: str, commit: str | None = None, fetchable: bool
 
 
 def _cached_revisions(repo: str) -> list[str]:
-    """``ref (commit)`` or ``commit`` for each snapshot of ``repo`` in the cache, newest first."""
-    root = hub_cache() / f"models--{repo.replace('/', '--')}"
-    snaps = sorted((root / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime, reverse=True) \
-        if (root / "snapshots").is_dir() else []
-    refs: dict[str, list[str]] = {}
-    for ref in (root / "refs").rglob("*") if (root / "refs").is_dir() else []:
-        if ref.is_file():
-            refs.setdefault(ref.read_text().strip(), []).append(str(ref.relative_to(root / "refs")))
-    return [f"{'/'.join(sorted(refs[s.name]))} ({s.name[:12]})" if s.name in refs else s.name[:12] for s in snaps]
+    """``refs (commit)`` or ``commit`` for each snapshot of ``repo`` in the cache, newest first."""
+    return [f"{'/'.join(r['refs'])} ({r['commit'][:12]})" if r["refs"] else r["commit"][:12]
+            for r in cached_models() if r["repo"] == repo]
 
 
 def _gated(hub: HubId) -> str:
@@ -251,6 +245,6 @@ def cached_models() -> list[dict]:
             spec = repo.repo_id if "main" in refs else f"{repo.repo_id}@{refs[0] if refs else rev.commit_hash}"
             if kind == "gguf":
                 spec += f":{ggufs[0]}"
-            rows.append({"spec": spec, "commit": rev.commit_hash, "refs": refs, "weights": kind,
+            rows.append({"spec": spec, "repo": repo.repo_id, "commit": rev.commit_hash, "refs": refs, "weights": kind,
                          "size": rev.size_on_disk, "folder": rev.snapshot_path})
     return rows

@@ -43,6 +43,7 @@ ACT_FORMATS: dict[str, QuantFormat] = {
     "nvfp4": QuantFormat("nvfp4", 4, True, per_group(16)),
     "fp8": QuantFormat("fp8", 8, True, PER_TOKEN),
 }
+ACT_BITS = {"int4": 4.0, "mxfp4": 4.25, "nvfp4": 4.5, "int8": 8.0, "fp8": 8.0}  # bits per activation value, scales included
 REGISTERED: set[str] = set()  # the mixtures registered in this process (not built-in schemes)
 # the weight formats of each family, cheapest first: what --formats chooses among
 FAMILIES: dict[str, tuple[str, ...]] = {
