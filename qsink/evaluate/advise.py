@@ -257,16 +257,15 @@ def gguf_mixture_bits(model, ftype: str) -> float:
     """Mean stored bits per weight of llama.cpp's file type ``ftype`` on this model's block linears."""
     from qsink.models.adapter import adapter_for, n_gqa
     from qsink.quant import get_scheme
-    from qsink.quant.gguf_formats import BITS
 
     ad, scheme = adapter_for(model), get_scheme(f"gguf-{ftype.lower()}")
     blocks = ad.blocks(model)
     total = bits = 0.0
     for l, block in enumerate(blocks):
         for name, lin in ad.linears(block).items():
-            t, _ = scheme.gguf_choice(name, l, len(blocks), lin.weight.shape[1], n_gqa(model))
+            n_in = lin.weight.shape[1]
             total += lin.weight.numel()
-            bits += lin.weight.numel() * BITS.get(t, 16.0)
+            bits += lin.weight.numel() * bits_per_weight(scheme.weight_format_for(name, l, len(blocks), n_in, n_gqa(model)), n_in)
     return bits / total
 
 
